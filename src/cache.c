@@ -1,0 +1,267 @@
+/*
+ * cache: a chained hash table under one mutex. The mutex covers only table
+ * operations; fills run unlocked, and the threads that want a value being
+ * filled wait on a condition variable. An entry that is cleared while its
+ * fill runs is unlinked at once (a new reader starts a fresh fill) and
+ * freed by the last thread that still holds it.
+ */
+#include "cache.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct entry {
+	struct entry *next;
+	char *key;
+	struct blob *value; /* set once the fill succeeded */
+	int err;	    /* the fill's result */
+	bool filling;
+	bool detached;	     /* no longer in the table */
+	unsigned int holders; /* threads waiting for, or reading, a detached entry */
+};
+
+struct cache {
+	pthread_mutex_t lock;
+	pthread_cond_t filled;
+	struct entry **buckets;
+	size_t nbuckets; /* a power of two */
+	size_t count;
+};
+
+struct blob *blob_new(const char *data, size_t len)
+{
+	struct blob *b = malloc(sizeof(*b) + len + 1);
+
+	if (!b)
+		return NULL;
+	atomic_init(&b->refs, 1);
+	b->len = len;
+	b->fetched = time(NULL);
+	if (len)
+		memcpy(b->data, data, len);
+	b->data[len] = '\0';
+	return b;
+}
+
+struct blob *blob_ref(struct blob *b)
+{
+	atomic_fetch_add(&b->refs, 1);
+	return b;
+}
+
+void blob_unref(struct blob *b)
+{
+	if (b && atomic_fetch_sub(&b->refs, 1) == 1)
+		free(b);
+}
+
+static uint64_t hash_key(const char *key)
+{
+	uint64_t h = 1469598103934665603ULL;
+
+	for (const unsigned char *p = (const unsigned char *)key; *p; p++)
+		h = (h ^ *p) * 1099511628211ULL;
+	return h;
+}
+
+struct cache *cache_create(void)
+{
+	struct cache *c = calloc(1, sizeof(*c));
+
+	if (!c)
+		return NULL;
+	c->nbuckets = 64;
+	c->buckets = calloc(c->nbuckets, sizeof(*c->buckets));
+	if (!c->buckets) {
+		free(c);
+		return NULL;
+	}
+	pthread_mutex_init(&c->lock, NULL);
+	pthread_cond_init(&c->filled, NULL);
+	return c;
+}
+
+static void entry_free(struct entry *e)
+{
+	blob_unref(e->value);
+	free(e->key);
+	free(e);
+}
+
+static struct entry **slot_of(struct cache *c, const char *key)
+{
+	struct entry **slot = &c->buckets[hash_key(key) & (c->nbuckets - 1)];
+
+	while (*slot && strcmp((*slot)->key, key) != 0)
+		slot = &(*slot)->next;
+	return slot;
+}
+
+static void grow(struct cache *c)
+{
+	size_t n = c->nbuckets * 2;
+	struct entry **buckets = calloc(n, sizeof(*buckets));
+
+	if (!buckets)
+		return; /* keep the longer chains; still correct */
+	for (size_t i = 0; i < c->nbuckets; i++) {
+		struct entry *e = c->buckets[i];
+		while (e) {
+			struct entry *next = e->next;
+			size_t b = hash_key(e->key) & (n - 1);
+			e->next = buckets[b];
+			buckets[b] = e;
+			e = next;
+		}
+	}
+	free(c->buckets);
+	c->buckets = buckets;
+	c->nbuckets = n;
+}
+
+/* Take `e` out of the table; free it unless a thread still holds it. */
+static void unlink_entry(struct cache *c, struct entry **slot)
+{
+	struct entry *e = *slot;
+
+	*slot = e->next;
+	e->next = NULL;
+	e->detached = true;
+	c->count--;
+	if (!e->filling && e->holders == 0)
+		entry_free(e);
+}
+
+/* The result of a finished fill for a thread that held `e`. */
+static int take_result(struct cache *c, struct entry *e, struct blob **out)
+{
+	int err = e->err;
+
+	if (err == 0)
+		*out = blob_ref(e->value);
+	if (e->detached && --e->holders == 0)
+		entry_free(e);
+	else if (!e->detached)
+		e->holders--;
+	(void)c;
+	return err;
+}
+
+int cache_get(struct cache *c, const char *key, bool store, cache_fill_fn fill, void *ctx,
+	      struct blob **out)
+{
+	struct entry **slot, *e;
+	struct blob *value = NULL;
+	int err;
+
+	*out = NULL;
+	if (!store)
+		return fill(ctx, out);
+
+	pthread_mutex_lock(&c->lock);
+	slot = slot_of(c, key);
+	e = *slot;
+	if (e && !e->filling) {
+		*out = blob_ref(e->value);
+		pthread_mutex_unlock(&c->lock);
+		return 0;
+	}
+	if (e) {
+		e->holders++;
+		while (e->filling)
+			pthread_cond_wait(&c->filled, &c->lock);
+		err = take_result(c, e, out);
+		pthread_mutex_unlock(&c->lock);
+		return err;
+	}
+
+	e = calloc(1, sizeof(*e));
+	if (!e || !(e->key = strdup(key))) {
+		free(e);
+		pthread_mutex_unlock(&c->lock);
+		return -ENOMEM;
+	}
+	e->filling = true;
+	e->holders = 1;
+	*slot = e;
+	c->count++;
+	if (c->count > c->nbuckets)
+		grow(c);
+	pthread_mutex_unlock(&c->lock);
+
+	err = fill(ctx, &value);
+
+	pthread_mutex_lock(&c->lock);
+	e->filling = false;
+	e->err = err;
+	e->value = err ? NULL : value;
+	if (err && value)
+		blob_unref(value);
+	if (err && !e->detached) {
+		/* Failures are never cached: the next reader tries again. */
+		unlink_entry(c, slot_of(c, key));
+	}
+	pthread_cond_broadcast(&c->filled);
+	err = take_result(c, e, out);
+	pthread_mutex_unlock(&c->lock);
+	return err;
+}
+
+static bool is_derived_from(const char *key, const char *base, size_t base_len)
+{
+	return strncmp(key, base, base_len) == 0 && (key[base_len] == '\0' || key[base_len] == '#');
+}
+
+static void clear_matching(struct cache *c, const char *what, bool prefix)
+{
+	size_t len = strlen(what);
+
+	pthread_mutex_lock(&c->lock);
+	for (size_t i = 0; i < c->nbuckets; i++) {
+		struct entry **slot = &c->buckets[i];
+		while (*slot) {
+			const char *k = (*slot)->key;
+			bool match = prefix ? strncmp(k, what, len) == 0
+					    : is_derived_from(k, what, len);
+			if (match)
+				unlink_entry(c, slot);
+			else
+				slot = &(*slot)->next;
+		}
+	}
+	pthread_mutex_unlock(&c->lock);
+}
+
+void cache_clear(struct cache *c, const char *key)
+{
+	clear_matching(c, key, false);
+}
+
+void cache_clear_prefix(struct cache *c, const char *prefix)
+{
+	clear_matching(c, prefix, true);
+}
+
+size_t cache_count(struct cache *c)
+{
+	size_t n;
+
+	pthread_mutex_lock(&c->lock);
+	n = c->count;
+	pthread_mutex_unlock(&c->lock);
+	return n;
+}
+
+void cache_destroy(struct cache *c)
+{
+	if (!c)
+		return;
+	cache_clear_prefix(c, "");
+	free(c->buckets);
+	pthread_mutex_destroy(&c->lock);
+	pthread_cond_destroy(&c->filled);
+	free(c);
+}

@@ -1,0 +1,56 @@
+/*
+ * cache: IMDS path (or a value derived from one) -> bytes, in memory.
+ *
+ * A value is fetched on first use and then served from memory until it is
+ * cleared. Concurrent readers of one missing value share a single fill
+ * ("single flight"). Failed fills are never stored. Clearing is by key (a
+ * key also clears the values derived from it, stored as "key#...") or by
+ * prefix. The lock is never held while a fill runs.
+ */
+#ifndef IMDSFS_CACHE_H
+#define IMDSFS_CACHE_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <time.h>
+
+/* Immutable, reference-counted bytes. */
+struct blob {
+	atomic_uint refs;
+	size_t len;
+	time_t fetched; /* wall-clock time of the fetch, for st_mtime */
+	char data[];	/* len bytes, then a NUL not counted in len */
+};
+
+/* Copies len bytes; returns NULL when out of memory. */
+struct blob *blob_new(const char *data, size_t len);
+struct blob *blob_ref(struct blob *blob);
+void blob_unref(struct blob *blob);
+
+/* Produces the value of a key: 0 and a new blob, or -errno. */
+typedef int (*cache_fill_fn)(void *ctx, struct blob **out);
+
+struct cache;
+
+struct cache *cache_create(void);
+void cache_destroy(struct cache *cache);
+
+/*
+ * The value of `key`. When `store` is false the value is volatile: fill runs
+ * every time and nothing is kept. Otherwise a cached value is returned at
+ * once, or the caller fills it (or waits for the thread already filling it).
+ * Blocks while a fill runs, never holding the cache lock. Returns 0 with a
+ * reference the caller drops with blob_unref(), or the fill's -errno.
+ */
+int cache_get(struct cache *cache, const char *key, bool store, cache_fill_fn fill, void *ctx,
+	      struct blob **out);
+
+/* Drop `key` and every "key#..." derived from it. */
+void cache_clear(struct cache *cache, const char *key);
+/* Drop every key that starts with `prefix` ("" drops everything). */
+void cache_clear_prefix(struct cache *cache, const char *prefix);
+/* Number of values held (for tests). */
+size_t cache_count(struct cache *cache);
+
+#endif

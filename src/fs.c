@@ -1,0 +1,600 @@
+/*
+ * fs: FUSE low-level operations for imdsfs.
+ *
+ * Files are opened with keep_cache (their bytes change only when we clear
+ * them, and then we invalidate the kernel's copy) or, when volatile, with
+ * direct_io and a value fetched at open. An open file reads from the value
+ * it got at open, so a reader never sees half of an old value and half of a
+ * new one.
+ *
+ * `rm FILE` and `rmdir DIR` clear caches and then detach the node from its
+ * name: the kernel drops the dentry, and the next lookup gets a new inode,
+ * with no stale pages, size or S_DEAD directory flag. Other inodes that
+ * showed the same cache entries (raw/ twins, values derived from one
+ * document) get an inval_inode notice from the housekeeping thread.
+ */
+#include "fs.h"
+#include "fetch.h"
+#include "log.h"
+
+#include <fuse_lowlevel.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+enum notice_kind {
+	NOTICE_INODE, /* drop the kernel's pages and attributes of ino */
+	NOTICE_ENTRY, /* drop the kernel's dentry name in parent */
+};
+
+struct fs_notice {
+	struct fs_notice *next;
+	enum notice_kind kind;
+	fuse_ino_t ino;
+	char *name;
+};
+
+#define WAKE_NOTICES 'n'
+#define WAKE_RELOAD  'h'
+#define WAKE_QUIT    'q'
+
+static struct imdsfs *fs_of(fuse_req_t req)
+{
+	return fuse_req_userdata(req);
+}
+
+static struct node *node_of(struct imdsfs *fs, fuse_ino_t ino)
+{
+	return node_from_ino(fs->resolver.nodes, ino);
+}
+
+static void wake(int fd, char what)
+{
+	ssize_t ignored = write(fd, &what, 1);
+	(void)ignored;
+}
+
+static void queue_notice(struct imdsfs *fs, enum notice_kind kind, fuse_ino_t ino, const char *name)
+{
+	struct fs_notice *n = calloc(1, sizeof(*n));
+
+	if (!n || (name && !(n->name = strdup(name)))) {
+		free(n);
+		log_warning("out of memory: a kernel cache invalidation was dropped");
+		return;
+	}
+	n->kind = kind;
+	n->ino = ino;
+	pthread_mutex_lock(&fs->notices_lock);
+	n->next = fs->notices;
+	fs->notices = n;
+	pthread_mutex_unlock(&fs->notices_lock);
+	wake(fs->wake[1], WAKE_NOTICES);
+}
+
+static void send_notices(struct imdsfs *fs)
+{
+	struct fs_notice *list;
+
+	pthread_mutex_lock(&fs->notices_lock);
+	list = fs->notices;
+	fs->notices = NULL;
+	pthread_mutex_unlock(&fs->notices_lock);
+
+	while (list) {
+		struct fs_notice *n = list;
+		list = n->next;
+		/* -ENOENT only means the kernel had already forgotten it. */
+		if (fs->session && n->kind == NOTICE_INODE)
+			fuse_lowlevel_notify_inval_inode(fs->session, n->ino, 0, 0);
+		else if (fs->session)
+			fuse_lowlevel_notify_inval_entry(fs->session, n->ino, n->name,
+							 strlen(n->name));
+		free(n->name);
+		free(n);
+	}
+}
+
+struct covered {
+	struct imdsfs *fs;
+	const struct resolve_cleared *cleared; /* NULL: every file */
+	const struct node *except;
+};
+
+static void queue_if_covered(struct node *n, void *ctx)
+{
+	struct covered *c = ctx;
+
+	if (n->is_dir || n == c->except || resolve_is_volatile(n))
+		return;
+	if (!c->cleared || resolve_cleared_covers(c->cleared, n))
+		queue_notice(c->fs, NOTICE_INODE, node_ino(c->fs->resolver.nodes, n), NULL);
+}
+
+/* SIGHUP: clear every cache and the token, and make the kernel forget
+ * every name and page it has from us. */
+static void reload(struct imdsfs *fs)
+{
+	struct covered all = {fs, NULL, NULL};
+	char **names = NULL;
+	size_t count;
+
+	log_info("SIGHUP: clearing every cached value and the token");
+	cache_clear_prefix(fs->resolver.cache, "");
+	fetch_forget_token(fs->resolver.fetcher);
+	node_for_each_known(fs->resolver.nodes, queue_if_covered, &all);
+	count = node_detach_all(fs->resolver.nodes, &names);
+	for (size_t i = 0; i < count; i++) {
+		queue_notice(fs, NOTICE_ENTRY, FUSE_ROOT_ID, names[i]);
+		free(names[i]);
+	}
+	free(names);
+	send_notices(fs);
+}
+
+static void *housekeeper(void *arg)
+{
+	struct imdsfs *fs = arg;
+
+	for (;;) {
+		struct pollfd p = {.fd = fs->wake[0], .events = POLLIN};
+		char what[64];
+		ssize_t n;
+
+		if (poll(&p, 1, -1) < 0) {
+			if (errno == EINTR)
+				continue;
+			log_error("housekeeping: poll: %s", strerror(errno));
+			return NULL;
+		}
+		n = read(fs->wake[0], what, sizeof(what));
+		for (ssize_t i = 0; i < n; i++) {
+			if (what[i] == WAKE_QUIT)
+				return NULL;
+			if (what[i] == WAKE_RELOAD)
+				reload(fs);
+		}
+		send_notices(fs);
+	}
+}
+
+void fs_request_reload(int reload_fd)
+{
+	wake(reload_fd, WAKE_RELOAD);
+}
+
+int fs_reload_fd(const struct imdsfs *fs)
+{
+	return fs->wake[1];
+}
+
+int fs_init_state(struct imdsfs *fs)
+{
+	fs->uid = getuid();
+	fs->gid = getgid();
+	fs->started = time(NULL);
+	fs->ready_fd = -1;
+	if (pipe2(fs->wake, O_CLOEXEC | O_NONBLOCK) < 0)
+		return -errno;
+	pthread_mutex_init(&fs->notices_lock, NULL);
+	return 0;
+}
+
+void fs_free_state(struct imdsfs *fs)
+{
+	while (fs->notices) {
+		struct fs_notice *n = fs->notices;
+		fs->notices = n->next;
+		free(n->name);
+		free(n);
+	}
+	pthread_mutex_destroy(&fs->notices_lock);
+	close(fs->wake[0]);
+	close(fs->wake[1]);
+}
+
+static void imdsfs_init(void *userdata, struct fuse_conn_info *conn)
+{
+	struct imdsfs *fs = userdata;
+	int err;
+
+	/* Values change only when we invalidate them ourselves. */
+	conn->want &= ~FUSE_CAP_AUTO_INVAL_DATA;
+
+	err = pthread_create(&fs->housekeeper, NULL, housekeeper, fs);
+	if (err)
+		log_error("cannot start the housekeeping thread: %s; rm and SIGHUP will not "
+			  "reach the kernel's caches",
+			  strerror(err));
+	else
+		fs->housekeeper_running = true;
+
+	if (fs->ready_fd >= 0) {
+		/* The mount answers requests now: let the parent exit 0. */
+		wake(fs->ready_fd, '0');
+		close(fs->ready_fd);
+		fs->ready_fd = -1;
+	}
+}
+
+static void imdsfs_destroy(void *userdata)
+{
+	struct imdsfs *fs = userdata;
+
+	if (fs->housekeeper_running) {
+		wake(fs->wake[1], WAKE_QUIT);
+		pthread_join(fs->housekeeper, NULL);
+		fs->housekeeper_running = false;
+	}
+}
+
+static void fill_stat(const struct imdsfs *fs, const struct node *n,
+		      const struct resolve_attr *attr, struct stat *st)
+{
+	memset(st, 0, sizeof(*st));
+	st->st_ino = n->stable_ino;
+	st->st_uid = fs->uid;
+	st->st_gid = fs->gid;
+	if (attr->is_dir) {
+		st->st_mode = S_IFDIR | 0755;
+		st->st_nlink = 2;
+	} else {
+		st->st_mode = S_IFREG | (attr->is_sensitive ? 0400 : 0444);
+		st->st_nlink = 1;
+		st->st_size = (off_t)attr->size;
+		st->st_blocks = (blkcnt_t)((attr->size + 511) / 512);
+	}
+	st->st_blksize = 4096;
+	st->st_mtime = attr->mtime ? attr->mtime : fs->started;
+	st->st_atime = st->st_mtime;
+	st->st_ctime = st->st_mtime;
+}
+
+static double timeout_for(const struct resolve_attr *attr)
+{
+	return attr->is_volatile ? 0.0 : FS_CACHE_TIMEOUT;
+}
+
+static void imdsfs_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	struct imdsfs *fs = fs_of(req);
+	struct node *dir = node_of(fs, parent);
+	struct fuse_entry_param e;
+	struct resolve_attr attr;
+	struct node *child;
+	int err;
+
+	if (!dir->is_dir) {
+		fuse_reply_err(req, ENOTDIR);
+		return;
+	}
+	err = resolve_lookup(&fs->resolver, dir, name, &child, &attr);
+	if (err) {
+		fuse_reply_err(req, -err);
+		return;
+	}
+	memset(&e, 0, sizeof(e));
+	e.ino = node_ino(fs->resolver.nodes, child);
+	e.attr_timeout = timeout_for(&attr);
+	e.entry_timeout = timeout_for(&attr);
+	fill_stat(fs, child, &attr, &e.attr);
+	if (fuse_reply_entry(req, &e) != 0)
+		node_forget(fs->resolver.nodes, child, 1);
+}
+
+static void imdsfs_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup)
+{
+	struct imdsfs *fs = fs_of(req);
+
+	if (ino != FUSE_ROOT_ID)
+		node_forget(fs->resolver.nodes, node_of(fs, ino), nlookup);
+	fuse_reply_none(req);
+}
+
+static void imdsfs_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_data *forgets)
+{
+	struct imdsfs *fs = fs_of(req);
+
+	for (size_t i = 0; i < count; i++)
+		if (forgets[i].ino != FUSE_ROOT_ID)
+			node_forget(fs->resolver.nodes, node_of(fs, forgets[i].ino),
+				    forgets[i].nlookup);
+	fuse_reply_none(req);
+}
+
+static void imdsfs_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct imdsfs *fs = fs_of(req);
+	struct node *n = node_of(fs, ino);
+	struct resolve_attr attr;
+	struct stat st;
+	int err;
+
+	if (fi && fi->fh && !n->is_dir) {
+		/* An open file's size is that of the value it read. */
+		struct blob *b = (struct blob *)(uintptr_t)fi->fh;
+		err = resolve_getattr(&fs->resolver, n, &attr);
+		if (!err && !attr.is_volatile) {
+			attr.size = b->len;
+			attr.mtime = b->fetched;
+		}
+	} else {
+		err = resolve_getattr(&fs->resolver, n, &attr);
+	}
+	if (err) {
+		fuse_reply_err(req, -err);
+		return;
+	}
+	fill_stat(fs, n, &attr, &st);
+	fuse_reply_attr(req, &st, timeout_for(&attr));
+}
+
+static void imdsfs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,
+			   struct fuse_file_info *fi)
+{
+	fuse_reply_err(req, EROFS);
+}
+
+static void imdsfs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct imdsfs *fs = fs_of(req);
+	struct node *n = node_of(fs, ino);
+	struct blob *content;
+	int err;
+
+	if (n->is_dir) {
+		fuse_reply_err(req, EISDIR);
+		return;
+	}
+	if ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC)) {
+		fuse_reply_err(req, EROFS);
+		return;
+	}
+	err = resolve_content(&fs->resolver, n, &content);
+	if (err) {
+		fuse_reply_err(req, -err);
+		return;
+	}
+	fi->fh = (uint64_t)(uintptr_t)content;
+	if (resolve_is_volatile(n))
+		fi->direct_io = 1;
+	else
+		fi->keep_cache = 1;
+	if (fuse_reply_open(req, fi) != 0)
+		blob_unref(content);
+}
+
+static void imdsfs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+			struct fuse_file_info *fi)
+{
+	const struct blob *b = (const struct blob *)(uintptr_t)fi->fh;
+
+	if (off < 0 || (size_t)off >= b->len) {
+		fuse_reply_buf(req, NULL, 0);
+		return;
+	}
+	if (size > b->len - (size_t)off)
+		size = b->len - (size_t)off;
+	fuse_reply_buf(req, b->data + off, size);
+}
+
+static void imdsfs_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	blob_unref((struct blob *)(uintptr_t)fi->fh);
+	fuse_reply_err(req, 0);
+}
+
+struct dir_handle {
+	struct resolve_dirent *entries;
+	size_t count;
+};
+
+static void imdsfs_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct imdsfs *fs = fs_of(req);
+	struct node *n = node_of(fs, ino);
+	struct dir_handle *d;
+	int err;
+
+	if (!n->is_dir) {
+		fuse_reply_err(req, ENOTDIR);
+		return;
+	}
+	d = calloc(1, sizeof(*d));
+	if (!d) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	err = resolve_list(&fs->resolver, n, &d->entries, &d->count);
+	if (err) {
+		free(d);
+		fuse_reply_err(req, -err);
+		return;
+	}
+	fi->fh = (uint64_t)(uintptr_t)d;
+	if (fuse_reply_open(req, fi) != 0) {
+		resolve_dirents_free(d->entries, d->count);
+		free(d);
+	}
+}
+
+static void imdsfs_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+			   struct fuse_file_info *fi)
+{
+	struct imdsfs *fs = fs_of(req);
+	struct node *dir = node_of(fs, ino);
+	struct dir_handle *d = (struct dir_handle *)(uintptr_t)fi->fh;
+	char *buf = malloc(size);
+	size_t used = 0;
+
+	if (!buf) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	/* Offsets: 0 and 1 are "." and "..", then entry i is i + 2. */
+	for (size_t i = (size_t)(off < 0 ? 0 : off); i < d->count + 2; i++) {
+		struct stat st = {0};
+		const char *name;
+		size_t need;
+
+		if (i < 2) {
+			name = i == 0 ? "." : "..";
+			st.st_mode = S_IFDIR;
+			st.st_ino = i == 0 ? dir->stable_ino : 1;
+		} else {
+			name = d->entries[i - 2].name;
+			st.st_mode = d->entries[i - 2].is_dir ? S_IFDIR : S_IFREG;
+			st.st_ino = node_stable_ino(dir, name);
+		}
+		need = fuse_add_direntry(req, buf + used, size - used, name, &st, (off_t)(i + 1));
+		if (need > size - used)
+			break;
+		used += need;
+	}
+	fuse_reply_buf(req, buf, used);
+	free(buf);
+}
+
+static void imdsfs_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct dir_handle *d = (struct dir_handle *)(uintptr_t)fi->fh;
+
+	resolve_dirents_free(d->entries, d->count);
+	free(d);
+	fuse_reply_err(req, 0);
+}
+
+/* rm and rmdir: clear, detach, and tell the kernel about the other inodes
+ * that showed what was cleared. The name stays in the tree. */
+static void remove_entry(fuse_req_t req, fuse_ino_t parent, const char *name, bool want_dir)
+{
+	struct imdsfs *fs = fs_of(req);
+	struct node *dir = node_of(fs, parent);
+	struct resolve_cleared cleared = {0};
+	struct resolve_attr attr;
+	struct node *n = node_find(fs->resolver.nodes, dir, name);
+	bool looked_up = false;
+	int err = 0;
+
+	if (!n) {
+		/* The kernel looks names up before removing them, so this is a
+		 * race with another rm; look it up again. */
+		err = resolve_lookup(&fs->resolver, dir, name, &n, &attr);
+		if (err) {
+			fuse_reply_err(req, -err);
+			return;
+		}
+		looked_up = true;
+	}
+	if (n->is_dir != want_dir) {
+		err = want_dir ? ENOTDIR : EISDIR;
+	} else {
+		struct covered others = {fs, &cleared, n};
+
+		resolve_clear(&fs->resolver, n, &cleared);
+		log_debug("rm %s: cleared %zu cache keys", name, cleared.count);
+		node_for_each_known(fs->resolver.nodes, queue_if_covered, &others);
+		node_detach(fs->resolver.nodes, n);
+		resolve_cleared_free(&cleared);
+	}
+	if (looked_up)
+		node_forget(fs->resolver.nodes, n, 1);
+	fuse_reply_err(req, err);
+}
+
+static void imdsfs_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	remove_entry(req, parent, name, false);
+}
+
+static void imdsfs_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	remove_entry(req, parent, name, true);
+}
+
+static void reply_erofs_entry(fuse_req_t req)
+{
+	fuse_reply_err(req, EROFS);
+}
+
+static void imdsfs_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
+			 dev_t rdev)
+{
+	reply_erofs_entry(req);
+}
+
+static void imdsfs_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode)
+{
+	reply_erofs_entry(req);
+}
+
+static void imdsfs_symlink(fuse_req_t req, const char *link, fuse_ino_t parent, const char *name)
+{
+	reply_erofs_entry(req);
+}
+
+static void imdsfs_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char *newname)
+{
+	reply_erofs_entry(req);
+}
+
+static void imdsfs_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
+			  fuse_ino_t newparent, const char *newname, unsigned int flags)
+{
+	reply_erofs_entry(req);
+}
+
+static void imdsfs_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
+			  struct fuse_file_info *fi)
+{
+	reply_erofs_entry(req);
+}
+
+static void imdsfs_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t off,
+			 struct fuse_file_info *fi)
+{
+	fuse_reply_err(req, EROFS);
+}
+
+static void imdsfs_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const char *value,
+			    size_t size, int flags)
+{
+	fuse_reply_err(req, EROFS);
+}
+
+static void imdsfs_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
+{
+	fuse_reply_err(req, EROFS);
+}
+
+const struct fuse_lowlevel_ops imdsfs_ops = {
+	.init = imdsfs_init,
+	.destroy = imdsfs_destroy,
+	.lookup = imdsfs_lookup,
+	.forget = imdsfs_forget,
+	.forget_multi = imdsfs_forget_multi,
+	.getattr = imdsfs_getattr,
+	.setattr = imdsfs_setattr,
+	.open = imdsfs_open,
+	.read = imdsfs_read,
+	.release = imdsfs_release,
+	.opendir = imdsfs_opendir,
+	.readdir = imdsfs_readdir,
+	.releasedir = imdsfs_releasedir,
+	.unlink = imdsfs_unlink,
+	.rmdir = imdsfs_rmdir,
+	.mknod = imdsfs_mknod,
+	.mkdir = imdsfs_mkdir,
+	.symlink = imdsfs_symlink,
+	.link = imdsfs_link,
+	.rename = imdsfs_rename,
+	.create = imdsfs_create,
+	.write = imdsfs_write,
+	.setxattr = imdsfs_setxattr,
+	.removexattr = imdsfs_removexattr,
+};

@@ -1,0 +1,57 @@
+/*
+ * fs: the FUSE low-level operations. Turns requests into resolve calls and
+ * their answers into replies, sets the kernel's cache timeouts (long for
+ * cached values, zero for volatile ones), and keeps the kernel's caches
+ * honest when `rm` or SIGHUP clears ours: invalidations are queued to a
+ * housekeeping thread, never sent from inside the request they concern.
+ */
+#ifndef IMDSFS_FS_H
+#define IMDSFS_FS_H
+
+#include "resolve.h"
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <sys/types.h>
+#include <time.h>
+
+/* How long the kernel may keep names and attributes of cached values. They
+ * change only when we say so (rm, SIGHUP), and then we invalidate them. */
+#define FS_CACHE_TIMEOUT 86400.0
+
+struct fuse_session;
+struct fuse_lowlevel_ops;
+struct fs_notice;
+
+/* Everything the daemon has; built by main(), handed to FUSE as userdata. */
+struct imdsfs {
+	struct resolver resolver;
+	uid_t uid;
+	gid_t gid;
+	time_t started;
+	struct fuse_session *session;
+	int ready_fd; /* written to once the mount answers (daemonizing), or -1 */
+
+	/* The housekeeping thread: kernel invalidations and SIGHUP. */
+	int wake[2];
+	pthread_t housekeeper;
+	bool housekeeper_running;
+	pthread_mutex_t notices_lock;
+	struct fs_notice *notices;
+};
+
+extern const struct fuse_lowlevel_ops imdsfs_ops;
+
+/* Set up `fs` around its resolver's parts; returns 0 or -errno. */
+int fs_init_state(struct imdsfs *fs);
+void fs_free_state(struct imdsfs *fs);
+
+/*
+ * Ask for every cache and the token to be cleared (SIGHUP). Only writes one
+ * byte to a pipe, so it is safe in a signal handler; pass the fd from
+ * fs_reload_fd().
+ */
+void fs_request_reload(int reload_fd);
+int fs_reload_fd(const struct imdsfs *fs);
+
+#endif

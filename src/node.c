@@ -1,0 +1,334 @@
+/*
+ * node: a hash table of (parent, name) -> node under one mutex, a sibling
+ * list per directory for detaching subtrees, and a list of every node for
+ * SIGHUP and cache invalidation. The mutex covers only these structures;
+ * nothing here blocks.
+ */
+#include "node.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define ROOT_INO 1 /* FUSE_ROOT_ID, without including FUSE here */
+
+struct node_table {
+	pthread_mutex_t lock;
+	struct node *root;
+	struct node **buckets;
+	size_t nbuckets;
+	size_t hashed;
+	struct node *all;
+	size_t count;
+};
+
+static uint64_t hash_name(uint64_t seed, const char *name)
+{
+	uint64_t h = seed ^ 1469598103934665603ULL;
+
+	for (const unsigned char *p = (const unsigned char *)name; *p; p++)
+		h = (h ^ *p) * 1099511628211ULL;
+	return h;
+}
+
+static size_t bucket_of(const struct node_table *t, const struct node *parent, const char *name)
+{
+	return hash_name((uint64_t)(uintptr_t)parent, name) & (t->nbuckets - 1);
+}
+
+uint64_t node_stable_ino(const struct node *dir, const char *name)
+{
+	/* Small numbers are taken by the root and by tools' expectations. */
+	uint64_t h = hash_name(dir->stable_ino, name);
+
+	return h < 2 ? h + 2 : h;
+}
+
+static void link_all(struct node_table *t, struct node *n)
+{
+	n->all_next = t->all;
+	n->all_prev = NULL;
+	if (t->all)
+		t->all->all_prev = n;
+	t->all = n;
+	t->count++;
+}
+
+static void node_free_one(struct node *n)
+{
+	free(n->name);
+	free(n->src);
+	free(n->base);
+	free(n);
+}
+
+static struct node *node_new(const char *name, const struct node_spec *spec)
+{
+	struct node *n = calloc(1, sizeof(*n));
+
+	if (!n)
+		return NULL;
+	n->name = strdup(name);
+	n->src = spec->src ? strdup(spec->src) : NULL;
+	n->base = strdup(spec->base ? spec->base : "");
+	if (!n->name || (spec->src && !n->src) || !n->base) {
+		node_free_one(n);
+		return NULL;
+	}
+	n->row = spec->row;
+	n->is_dir = spec->is_dir;
+	n->depth = spec->depth;
+	return n;
+}
+
+struct node_table *node_table_create(void)
+{
+	struct node_table *t = calloc(1, sizeof(*t));
+	struct node_spec root = {.row = tree_root(), .base = "", .is_dir = true};
+
+	if (!t)
+		return NULL;
+	t->nbuckets = 256;
+	t->buckets = calloc(t->nbuckets, sizeof(*t->buckets));
+	t->root = node_new("", &root);
+	if (!t->buckets || !t->root) {
+		free(t->buckets);
+		free(t->root);
+		free(t);
+		return NULL;
+	}
+	t->root->attached = true;
+	t->root->stable_ino = ROOT_INO;
+	link_all(t, t->root);
+	pthread_mutex_init(&t->lock, NULL);
+	return t;
+}
+
+void node_table_destroy(struct node_table *t)
+{
+	if (!t)
+		return;
+	while (t->all) {
+		struct node *n = t->all;
+		t->all = n->all_next;
+		node_free_one(n);
+	}
+	free(t->buckets);
+	pthread_mutex_destroy(&t->lock);
+	free(t);
+}
+
+struct node *node_root(struct node_table *t)
+{
+	return t->root;
+}
+
+uint64_t node_ino(struct node_table *t, const struct node *n)
+{
+	return n == t->root ? ROOT_INO : (uint64_t)(uintptr_t)n;
+}
+
+struct node *node_from_ino(struct node_table *t, uint64_t ino)
+{
+	return ino == ROOT_INO ? t->root : (struct node *)(uintptr_t)ino;
+}
+
+static struct node **slot_of(struct node_table *t, const struct node *parent, const char *name)
+{
+	struct node **slot = &t->buckets[bucket_of(t, parent, name)];
+
+	while (*slot && ((*slot)->parent != parent || strcmp((*slot)->name, name) != 0))
+		slot = &(*slot)->hash_next;
+	return slot;
+}
+
+static void grow(struct node_table *t)
+{
+	size_t old = t->nbuckets;
+	struct node **old_buckets = t->buckets;
+	struct node **buckets = calloc(old * 2, sizeof(*buckets));
+
+	if (!buckets)
+		return;
+	t->buckets = buckets;
+	t->nbuckets = old * 2;
+	for (size_t i = 0; i < old; i++) {
+		struct node *n = old_buckets[i];
+		while (n) {
+			struct node *next = n->hash_next;
+			size_t b = bucket_of(t, n->parent, n->name);
+			n->hash_next = buckets[b];
+			buckets[b] = n;
+			n = next;
+		}
+	}
+	free(old_buckets);
+}
+
+/* Free `n` when nothing holds it any more, then its parent if that was the
+ * last thing holding the parent. */
+static void maybe_free(struct node_table *t, struct node *n)
+{
+	while (n && n != t->root && !n->attached && n->nlookup == 0 && n->children == 0) {
+		struct node *parent = n->parent;
+
+		if (n->all_prev)
+			n->all_prev->all_next = n->all_next;
+		else
+			t->all = n->all_next;
+		if (n->all_next)
+			n->all_next->all_prev = n->all_prev;
+		t->count--;
+		node_free_one(n);
+		if (!parent)
+			break;
+		parent->children--;
+		n = parent;
+	}
+}
+
+static void detach_locked(struct node_table *t, struct node *n)
+{
+	if (!n->attached || n == t->root)
+		return;
+	while (n->first_child)
+		detach_locked(t, n->first_child);
+
+	struct node **slot = slot_of(t, n->parent, n->name);
+	if (*slot == n)
+		*slot = n->hash_next;
+	t->hashed--;
+	if (n->prev_sibling)
+		n->prev_sibling->next_sibling = n->next_sibling;
+	else
+		n->parent->first_child = n->next_sibling;
+	if (n->next_sibling)
+		n->next_sibling->prev_sibling = n->prev_sibling;
+	n->hash_next = n->next_sibling = n->prev_sibling = NULL;
+	n->attached = false;
+	maybe_free(t, n);
+}
+
+static bool matches(const struct node *n, const struct node_spec *spec)
+{
+	return n->row == spec->row && n->is_dir == spec->is_dir &&
+	       ((!n->src && !spec->src) || (n->src && spec->src && strcmp(n->src, spec->src) == 0)) &&
+	       strcmp(n->base, spec->base ? spec->base : "") == 0;
+}
+
+struct node *node_child(struct node_table *t, struct node *parent, const char *name,
+			const struct node_spec *spec, bool lookup)
+{
+	struct node *n;
+
+	pthread_mutex_lock(&t->lock);
+	n = *slot_of(t, parent, name);
+	if (n && !matches(n, spec)) {
+		/* IMDS changed what this name is (a file became a directory). */
+		detach_locked(t, n);
+		n = NULL;
+	}
+	if (!n && parent->attached) {
+		n = node_new(name, spec);
+		if (n) {
+			n->parent = parent;
+			n->stable_ino = node_stable_ino(parent, name);
+			n->attached = true;
+			parent->children++;
+			n->next_sibling = parent->first_child;
+			if (parent->first_child)
+				parent->first_child->prev_sibling = n;
+			parent->first_child = n;
+			struct node **slot = &t->buckets[bucket_of(t, parent, name)];
+			n->hash_next = *slot;
+			*slot = n;
+			link_all(t, n);
+			if (++t->hashed > t->nbuckets)
+				grow(t);
+		}
+	} else if (!n) {
+		/* The directory was removed while we looked: a detached parent
+		 * still answers, with a node nobody else can find. */
+		n = node_new(name, spec);
+		if (n) {
+			n->parent = parent;
+			n->stable_ino = node_stable_ino(parent, name);
+			parent->children++;
+			link_all(t, n);
+		}
+	}
+	if (n && lookup)
+		n->nlookup++;
+	pthread_mutex_unlock(&t->lock);
+	return n;
+}
+
+struct node *node_find(struct node_table *t, struct node *parent, const char *name)
+{
+	struct node *n;
+
+	pthread_mutex_lock(&t->lock);
+	n = *slot_of(t, parent, name);
+	pthread_mutex_unlock(&t->lock);
+	return n;
+}
+
+void node_forget(struct node_table *t, struct node *n, uint64_t count)
+{
+	pthread_mutex_lock(&t->lock);
+	n->nlookup = n->nlookup > count ? n->nlookup - count : 0;
+	maybe_free(t, n);
+	pthread_mutex_unlock(&t->lock);
+}
+
+void node_detach(struct node_table *t, struct node *n)
+{
+	pthread_mutex_lock(&t->lock);
+	detach_locked(t, n);
+	pthread_mutex_unlock(&t->lock);
+}
+
+size_t node_detach_all(struct node_table *t, char ***names)
+{
+	size_t n = 0, cap = 0;
+	char **list = NULL;
+
+	pthread_mutex_lock(&t->lock);
+	while (t->root->first_child) {
+		struct node *child = t->root->first_child;
+		if (names && n == cap) {
+			size_t grown_cap = cap ? cap * 2 : 16;
+			char **grown = realloc(list, grown_cap * sizeof(*grown));
+			if (grown) {
+				list = grown;
+				cap = grown_cap;
+			}
+		}
+		if (names && n < cap && (list[n] = strdup(child->name)))
+			n++;
+		detach_locked(t, child);
+	}
+	pthread_mutex_unlock(&t->lock);
+	if (names)
+		*names = list;
+	return n;
+}
+
+void node_for_each_known(struct node_table *t, void (*fn)(struct node *, void *), void *ctx)
+{
+	pthread_mutex_lock(&t->lock);
+	for (struct node *n = t->all; n; n = n->all_next)
+		if (n->nlookup > 0 || n == t->root)
+			fn(n, ctx);
+	pthread_mutex_unlock(&t->lock);
+}
+
+size_t node_count(struct node_table *t)
+{
+	size_t n;
+
+	pthread_mutex_lock(&t->lock);
+	n = t->count;
+	pthread_mutex_unlock(&t->lock);
+	return n;
+}

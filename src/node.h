@@ -1,0 +1,90 @@
+/*
+ * node: the inodes the kernel knows, and what each one stands for.
+ *
+ * A node is a name in a directory bound to a tree row and to the IMDS path
+ * it reads. Its FUSE inode number is its address (as libfuse's
+ * passthrough_ll does), so finding a node from a request takes no lock.
+ * Nodes live while the kernel holds a lookup reference or while they are
+ * attached to their name; `rm` detaches a node, so the next lookup of that
+ * name makes a new inode with no stale page cache or attributes.
+ */
+#ifndef IMDSFS_NODE_H
+#define IMDSFS_NODE_H
+
+#include "tree.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+
+struct node {
+	struct node *parent;
+	char *name;
+	const struct tree_row *row;
+	char *src;	    /* file: IMDS path of its value; dir: of its listing, or NULL */
+	char *base;	    /* the IMDS prefix child rows' sources are relative to */
+	uint64_t stable_ino; /* st_ino: a hash of the path, the same across rm */
+	unsigned int depth;  /* directories below raw/ */
+	bool is_dir;
+
+	/* Owned by the table's lock. */
+	bool attached;
+	uint64_t nlookup;
+	unsigned int children; /* child nodes whose parent pointer is this node */
+	struct node *first_child, *next_sibling, *prev_sibling;
+	struct node *hash_next;
+	struct node *all_next, *all_prev;
+};
+
+/* What a new child stands for. */
+struct node_spec {
+	const struct tree_row *row;
+	const char *src;
+	const char *base;
+	bool is_dir;
+	unsigned int depth;
+};
+
+struct node_table;
+
+struct node_table *node_table_create(void);
+void node_table_destroy(struct node_table *table);
+
+struct node *node_root(struct node_table *table);
+/* FUSE inode number <-> node (FUSE_ROOT_ID is the root). No lock. */
+uint64_t node_ino(struct node_table *table, const struct node *node);
+struct node *node_from_ino(struct node_table *table, uint64_t ino);
+
+/* The st_ino of entry `name` in `dir`, for readdir. */
+uint64_t node_stable_ino(const struct node *dir, const char *name);
+
+/*
+ * The child `name` of `parent`, made from `spec` unless one that matches it
+ * is attached already (one that no longer matches is detached and
+ * replaced). Takes a lookup reference when `lookup`. NULL when out of memory.
+ */
+struct node *node_child(struct node_table *table, struct node *parent, const char *name,
+			const struct node_spec *spec, bool lookup);
+
+/* The attached child `name`, or NULL. The caller must hold a reference
+ * (a FUSE lookup count) for the result to stay valid. */
+struct node *node_find(struct node_table *table, struct node *parent, const char *name);
+
+/* The kernel dropped `count` lookup references. */
+void node_forget(struct node_table *table, struct node *node, uint64_t count);
+
+/* Unbind `node` (and everything below it) from its name. */
+void node_detach(struct node_table *table, struct node *node);
+
+/* Unbind every child of the root; returns how many names were unbound and,
+ * when names is not NULL, a malloc'd array of strdup'd names. */
+size_t node_detach_all(struct node_table *table, char ***names);
+
+/* Call fn for every node the kernel holds (nlookup > 0), under the table
+ * lock: fn must not block or call back into the table. */
+void node_for_each_known(struct node_table *table, void (*fn)(struct node *node, void *ctx),
+			 void *ctx);
+
+/* Nodes alive (for tests and leak checks). */
+size_t node_count(struct node_table *table);
+
+#endif

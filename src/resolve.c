@@ -1,0 +1,633 @@
+/*
+ * resolve: the tree's rows applied to IMDS through the cache.
+ *
+ * Two kinds of cache key: an IMDS path holds the body as served (shared by
+ * raw/ and the cleaned-up view, so reading region and then
+ * raw/dynamic/instance-identity/document costs one request), and
+ * "path#format" holds a cleaned-up file's formatted bytes. Clearing a path
+ * clears what is derived from it.
+ */
+#include "resolve.h"
+#include "fetch.h"
+#include "log.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static char *join(const char *a, const char *b)
+{
+	char *s;
+
+	return asprintf(&s, "%s%s", a, b) < 0 ? NULL : s;
+}
+
+struct body_fill {
+	struct resolver *r;
+	const char *path;
+};
+
+static int fill_body(void *ctx, struct blob **out)
+{
+	struct body_fill *f = ctx;
+	char *data;
+	size_t len;
+	int err = fetch_get(f->r->fetcher, f->path, &data, &len);
+
+	if (err)
+		return err;
+	*out = blob_new(data, len);
+	free(data);
+	return *out ? 0 : -ENOMEM;
+}
+
+/* The body IMDS serves at `path`, cached unless the path is volatile. */
+static int get_body(struct resolver *r, const char *path, struct blob **out)
+{
+	struct body_fill f = {r, path};
+
+	return cache_get(r->cache, path, !tree_path_is_volatile(path), fill_body, &f, out);
+}
+
+static int get_listing(struct resolver *r, const char *path, enum tree_keys keys, bool raw,
+		       struct tree_listing *out)
+{
+	struct blob *body;
+	int err = get_body(r, path, &body);
+
+	memset(out, 0, sizeof(*out));
+	if (err)
+		return err;
+	err = tree_parse_listing(body->data, body->len, keys, raw, path, out);
+	blob_unref(body);
+	return err;
+}
+
+bool resolve_is_volatile(const struct node *n)
+{
+	return n->src && tree_path_is_volatile(n->src);
+}
+
+static bool spec_is_sensitive(const struct node_spec *spec)
+{
+	if (!spec->src)
+		return false;
+	if (spec->is_dir)
+		return tree_dir_is_sensitive(spec->src);
+	if (spec->row->flags & TREE_VIA_ROLE)
+		return tree_dir_is_sensitive(spec->src);
+	return tree_path_is_sensitive(spec->src);
+}
+
+bool resolve_is_sensitive(const struct node *n)
+{
+	struct node_spec spec = {.row = n->row, .src = n->src, .is_dir = n->is_dir};
+
+	return !n->is_dir && spec_is_sensitive(&spec);
+}
+
+/* Directories of credentials and sensitive files vanish with hide_sensitive. */
+static bool hidden(const struct resolver *r, const struct node_spec *spec)
+{
+	return r->hide_sensitive && spec_is_sensitive(spec);
+}
+
+/* The IMDS path of a TREE_VIA_ROLE value: its listing's first name (the
+ * role, as the ec2-metadata library takes it). */
+static int role_path(struct resolver *r, const char *listing_path, char **out)
+{
+	struct tree_listing l;
+	int err = get_listing(r, listing_path, TREE_KEYS_LISTING, false, &l);
+
+	*out = NULL;
+	if (err)
+		return err;
+	if (l.count == 0 || l.entries[0].is_dir)
+		err = -ENOENT;
+	else if (!(*out = join(listing_path, l.entries[0].remote)))
+		err = -ENOMEM;
+	tree_listing_free(&l);
+	return err;
+}
+
+static const char *format_tag(enum tree_format format)
+{
+	static const char *const tags[] = {
+		[TREE_TEXT] = "text",
+		[TREE_BYTES] = "bytes",
+		[TREE_JSON] = "json",
+		[TREE_JSON_FIELD] = "field",
+		[TREE_JSON_FIELD_LAST_PART] = "last",
+	};
+	return tags[format];
+}
+
+struct content_fill {
+	struct resolver *r;
+	const struct tree_row *row;
+	const char *path;
+};
+
+static int fill_content(void *ctx, struct blob **out)
+{
+	struct content_fill *f = ctx;
+	struct blob *body = NULL;
+	char *formatted = NULL;
+	size_t len = 0;
+	int err = get_body(f->r, f->path, &body);
+
+	if (err == -ENOENT && (f->row->flags & TREE_EMPTY_ON_404))
+		err = 0;
+	if (err)
+		return err;
+	err = tree_format_value(f->row->format, f->row->field, body ? body->data : "",
+				body ? body->len : 0, f->path, &formatted, &len);
+	if (err == -EIO) {
+		/* A malformed body must not stay cached for the next reader. */
+		cache_clear(f->r->cache, f->path);
+	}
+	if (!err) {
+		*out = blob_new(formatted, len);
+		if (!*out)
+			err = -ENOMEM;
+		else if (body)
+			(*out)->fetched = body->fetched;
+	}
+	free(formatted);
+	blob_unref(body);
+	return err;
+}
+
+int resolve_content(struct resolver *r, const struct node *file, struct blob **out)
+{
+	char *path = NULL, *key = NULL;
+	int err;
+
+	*out = NULL;
+	if (file->is_dir || !file->src)
+		return -EISDIR;
+	if (file->row->kind == TREE_RAW_FILE || file->row->format == TREE_BYTES)
+		return get_body(r, file->src, out);
+
+	if (file->row->flags & TREE_VIA_ROLE) {
+		err = role_path(r, file->src, &path);
+		if (err)
+			return err;
+	} else if (!(path = strdup(file->src))) {
+		return -ENOMEM;
+	}
+	if (asprintf(&key, "%s#%s:%s", path, format_tag(file->row->format),
+		     file->row->field ? file->row->field : "") < 0) {
+		free(path);
+		return -ENOMEM;
+	}
+	struct content_fill f = {r, file->row, path};
+	err = cache_get(r->cache, key, !tree_path_is_volatile(path), fill_content, &f, out);
+	free(key);
+	free(path);
+	return err;
+}
+
+/* Whether the last part of `path` is named in its directory's listing. */
+static int check_listed(struct resolver *r, const char *path)
+{
+	size_t n = strlen(path);
+	const char *slash;
+	char *dir, *name;
+	struct tree_listing l;
+	int err;
+
+	if (n && path[n - 1] == '/')
+		n--;
+	slash = memrchr(path, '/', n);
+	dir = strndup(path, slash ? (size_t)(slash - path + 1) : 0);
+	name = strndup(slash ? slash + 1 : path, slash ? n - (size_t)(slash + 1 - path) : n);
+	if (!dir || !name) {
+		err = -ENOMEM;
+		goto out;
+	}
+	err = get_listing(r, dir, TREE_KEYS_LISTING, false, &l);
+	if (err)
+		goto out;
+	err = tree_listing_find(&l, name) ? 0 : -ENOENT;
+	tree_listing_free(&l);
+out:
+	free(dir);
+	free(name);
+	return err;
+}
+
+/* SPEC.md's presence rule for a fixed row: 0 when it is there. */
+static int check_present(struct resolver *r, const struct tree_row *row, const char *src)
+{
+	struct blob *body;
+	char *path;
+	int err;
+
+	switch (row->presence) {
+	case TREE_ALWAYS:
+		return 0;
+	case TREE_LISTED:
+		return check_listed(r, src);
+	case TREE_IF_ANSWERS:
+		if (row->flags & TREE_VIA_ROLE) {
+			err = role_path(r, src, &path);
+			free(path);
+			return err;
+		}
+		err = get_body(r, src, &body);
+		blob_unref(body);
+		return err;
+	}
+	return -EIO;
+}
+
+/* A fixed row below `dir`. Allocates spec->src. */
+static int spec_for_row(const struct node *dir, const struct tree_row *row, struct node_spec *spec)
+{
+	memset(spec, 0, sizeof(*spec));
+	spec->row = row;
+	spec->base = dir->base;
+	spec->is_dir = tree_row_is_dir(row);
+	spec->depth = row->kind == TREE_RAW_DIR ? 1 : 0;
+	if (row->source && !(spec->src = (char *)join(dir->base, row->source)))
+		return -ENOMEM;
+	return 0;
+}
+
+/* An entry of a mapping (a tag, an interface, a public key). Allocates
+ * spec->src or spec->base. */
+static int spec_for_entry(const struct node *dir, const struct tree_entry *e, struct node_spec *spec)
+{
+	const struct tree_row *entry_row = tree_child(dir->row, "*");
+	char *where;
+
+	memset(spec, 0, sizeof(*spec));
+	if (asprintf(&where, "%s%s%s", dir->base, dir->row->entries, e->remote) < 0)
+		return -ENOMEM;
+	spec->row = entry_row;
+	spec->is_dir = tree_row_is_dir(entry_row);
+	if (spec->is_dir) {
+		spec->base = join(where, "/");
+		free(where);
+		if (!spec->base)
+			return -ENOMEM;
+	} else {
+		spec->src = where;
+		spec->base = strdup(dir->base);
+		if (!spec->base)
+			return -ENOMEM;
+	}
+	return 0;
+}
+
+/* An entry of a raw/ directory. Allocates spec->src. */
+static int spec_for_raw(const struct node *dir, const struct tree_entry *e, struct node_spec *spec)
+{
+	memset(spec, 0, sizeof(*spec));
+	spec->is_dir = e->is_dir;
+	spec->row = e->is_dir ? tree_raw_dir_row() : tree_raw_file_row();
+	spec->depth = dir->depth + 1;
+	if (asprintf((char **)&spec->src, "%s%s%s", dir->src, e->remote, e->is_dir ? "/" : "") < 0) {
+		spec->src = NULL;
+		return -ENOMEM;
+	}
+	spec->base = spec->src;
+	return 0;
+}
+
+static void spec_free(struct node_spec *spec, bool base_owned)
+{
+	if (base_owned && spec->base != spec->src)
+		free((char *)spec->base);
+	free((char *)spec->src);
+}
+
+static int mapping_keys(struct resolver *r, const struct node *dir, struct tree_listing *l)
+{
+	int err = get_listing(r, dir->src, dir->row->keys, false, l);
+
+	/* An empty mapping is an empty directory. */
+	if (err == -ENOENT && dir->row->presence == TREE_ALWAYS)
+		err = 0;
+	return err;
+}
+
+static bool too_deep(const struct node *dir, const struct tree_entry *e)
+{
+	if (!e->is_dir || dir->depth < TREE_RAW_DEPTH_MAX)
+		return false;
+	log_warning("raw/%s%s: deeper than %d directories, not followed", dir->src, e->name,
+		    TREE_RAW_DEPTH_MAX);
+	return true;
+}
+
+static void fill_attr(const struct node_spec *spec, const struct blob *content,
+		      struct resolve_attr *attr)
+{
+	memset(attr, 0, sizeof(*attr));
+	attr->is_dir = spec->is_dir;
+	attr->is_volatile = spec->src && tree_path_is_volatile(spec->src);
+	attr->is_sensitive = !spec->is_dir && spec_is_sensitive(spec);
+	if (content) {
+		attr->size = content->len;
+		attr->mtime = content->fetched;
+	}
+}
+
+int resolve_lookup(struct resolver *r, struct node *dir, const char *name, struct node **out,
+		   struct resolve_attr *attr)
+{
+	struct node_spec spec = {0};
+	struct tree_listing l = {0};
+	const struct tree_entry *e;
+	const struct tree_row *row = NULL;
+	bool base_owned = false;
+	struct blob *content = NULL;
+	int err = 0;
+
+	*out = NULL;
+	if (!tree_name_is_valid(name, strlen(name)))
+		return -ENOENT;
+
+	switch (dir->row->kind) {
+	case TREE_DIR:
+		row = tree_child(dir->row, name);
+		if (!row)
+			return -ENOENT;
+		err = spec_for_row(dir, row, &spec);
+		break;
+	case TREE_MAPPING:
+		err = mapping_keys(r, dir, &l);
+		if (err)
+			break;
+		e = tree_listing_find(&l, name);
+		err = e ? spec_for_entry(dir, e, &spec) : -ENOENT;
+		base_owned = true;
+		break;
+	case TREE_RAW_DIR:
+		err = get_listing(r, dir->src, TREE_KEYS_LISTING, true, &l);
+		if (err)
+			break;
+		e = tree_listing_find(&l, name);
+		err = !e || too_deep(dir, e) ? -ENOENT : spec_for_raw(dir, e, &spec);
+		break;
+	default:
+		return -ENOTDIR;
+	}
+	tree_listing_free(&l);
+	if (err)
+		goto out;
+	if (hidden(r, &spec)) {
+		err = -ENOENT;
+		goto out;
+	}
+
+	struct node probe = {.row = spec.row, .src = (char *)spec.src, .is_dir = spec.is_dir};
+	if (!spec.is_dir && !resolve_is_volatile(&probe))
+		err = resolve_content(r, &probe, &content); /* st_size must be exact */
+	else if (row)
+		err = check_present(r, row, spec.src);
+	if (err)
+		goto out;
+
+	*out = node_child(r->nodes, dir, name, &spec, true);
+	if (!*out) {
+		err = -ENOMEM;
+		goto out;
+	}
+	fill_attr(&spec, content, attr);
+out:
+	blob_unref(content);
+	spec_free(&spec, base_owned);
+	return err;
+}
+
+int resolve_getattr(struct resolver *r, const struct node *n, struct resolve_attr *attr)
+{
+	struct node_spec spec = {.row = n->row, .src = n->src, .is_dir = n->is_dir};
+	struct blob *content = NULL;
+	int err = 0;
+
+	if (!n->is_dir && !resolve_is_volatile(n))
+		err = resolve_content(r, n, &content);
+	if (!err)
+		fill_attr(&spec, content, attr);
+	blob_unref(content);
+	return err;
+}
+
+static int add_dirent(struct resolve_dirent **v, size_t *count, size_t *cap, const char *name,
+		      bool is_dir)
+{
+	if (*count == *cap) {
+		size_t n = *cap ? *cap * 2 : 32;
+		struct resolve_dirent *grown = realloc(*v, n * sizeof(*grown));
+		if (!grown)
+			return -ENOMEM;
+		*v = grown;
+		*cap = n;
+	}
+	(*v)[*count].name = strdup(name);
+	(*v)[*count].is_dir = is_dir;
+	if (!(*v)[*count].name)
+		return -ENOMEM;
+	(*count)++;
+	return 0;
+}
+
+void resolve_dirents_free(struct resolve_dirent *v, size_t count)
+{
+	for (size_t i = 0; i < count; i++)
+		free(v[i].name);
+	free(v);
+}
+
+static int list_rows(struct resolver *r, const struct node *dir, struct resolve_dirent **v,
+		     size_t *count, size_t *cap)
+{
+	int err = 0;
+
+	for (const struct tree_row *row = tree_next_child(dir->row, NULL); row && !err;
+	     row = tree_next_child(dir->row, row)) {
+		struct node_spec spec;
+
+		err = spec_for_row(dir, row, &spec);
+		if (err)
+			break;
+		if (!hidden(r, &spec)) {
+			err = check_present(r, row, spec.src);
+			if (err == 0)
+				err = add_dirent(v, count, cap, tree_row_name(row), spec.is_dir);
+			else if (err == -ENOENT)
+				err = 0;
+		}
+		spec_free(&spec, false);
+	}
+	return err;
+}
+
+int resolve_list(struct resolver *r, const struct node *dir, struct resolve_dirent **out,
+		 size_t *count)
+{
+	struct resolve_dirent *v = NULL;
+	struct tree_listing l = {0};
+	size_t cap = 0;
+	int err = 0;
+
+	*count = 0;
+	switch (dir->row->kind) {
+	case TREE_DIR:
+		err = list_rows(r, dir, &v, count, &cap);
+		break;
+	case TREE_MAPPING:
+		err = mapping_keys(r, dir, &l);
+		for (size_t i = 0; !err && i < l.count; i++)
+			err = add_dirent(&v, count, &cap, l.entries[i].name,
+					 tree_row_is_dir(tree_child(dir->row, "*")));
+		break;
+	case TREE_RAW_DIR:
+		err = get_listing(r, dir->src, TREE_KEYS_LISTING, true, &l);
+		for (size_t i = 0; !err && i < l.count; i++) {
+			struct node_spec spec;
+			if (too_deep(dir, &l.entries[i]))
+				continue;
+			err = spec_for_raw(dir, &l.entries[i], &spec);
+			if (!err && !hidden(r, &spec))
+				err = add_dirent(&v, count, &cap, l.entries[i].name,
+						 l.entries[i].is_dir);
+			spec_free(&spec, false);
+		}
+		break;
+	default:
+		err = -ENOTDIR;
+	}
+	tree_listing_free(&l);
+	if (err) {
+		resolve_dirents_free(v, *count);
+		*count = 0;
+		v = NULL;
+	}
+	*out = v;
+	return err;
+}
+
+static void clear_key(struct resolver *r, struct resolve_cleared *c, const char *key, bool prefix)
+{
+	if (!key)
+		return;
+	if (prefix)
+		cache_clear_prefix(r->cache, key);
+	else
+		cache_clear(r->cache, key);
+	if (c->count == c->cap) {
+		size_t n = c->cap ? c->cap * 2 : 8;
+		struct cleared_key *grown = realloc(c->keys, n * sizeof(*grown));
+		if (!grown)
+			return;
+		c->keys = grown;
+		c->cap = n;
+	}
+	c->keys[c->count].key = strdup(key);
+	c->keys[c->count].prefix = prefix;
+	if (c->keys[c->count].key)
+		c->count++;
+}
+
+/* The listing that says whether `path` exists: cleared with the value so
+ * that `rm` refreshes presence too. */
+static void clear_listing_of(struct resolver *r, struct resolve_cleared *c, const char *path)
+{
+	size_t n = strlen(path);
+	const char *slash;
+	char *dir;
+
+	if (n && path[n - 1] == '/')
+		n--;
+	slash = memrchr(path, '/', n);
+	dir = strndup(path, slash ? (size_t)(slash - path + 1) : 0);
+	clear_key(r, c, dir, false);
+	free(dir);
+}
+
+static void clear_file(struct resolver *r, struct resolve_cleared *c, const struct tree_row *row,
+		       const char *src)
+{
+	clear_key(r, c, src, (row->flags & TREE_VIA_ROLE) != 0);
+	clear_listing_of(r, c, src);
+}
+
+static void clear_row(struct resolver *r, struct resolve_cleared *c, const struct tree_row *row,
+		      const char *base)
+{
+	char *src = row->source ? join(base, row->source) : NULL;
+	char *entries = row->entries ? join(base, row->entries) : NULL;
+
+	switch (row->kind) {
+	case TREE_FILE:
+	case TREE_RAW_FILE:
+		if (src)
+			clear_file(r, c, row, src);
+		break;
+	case TREE_MAPPING:
+		clear_key(r, c, src, false);
+		clear_key(r, c, entries, true);
+		break;
+	case TREE_RAW_DIR:
+		clear_key(r, c, src, true);
+		if (src)
+			clear_listing_of(r, c, src);
+		break;
+	case TREE_DIR:
+		clear_key(r, c, src, false);
+		for (const struct tree_row *child = tree_next_child(row, NULL); child;
+		     child = tree_next_child(row, child))
+			clear_row(r, c, child, base);
+		break;
+	}
+	free(src);
+	free(entries);
+}
+
+void resolve_clear(struct resolver *r, const struct node *n, struct resolve_cleared *c)
+{
+	bool is_entry = strcmp(tree_row_name(n->row), "*") == 0;
+
+	if (!n->is_dir) {
+		clear_file(r, c, n->row, n->src);
+	} else if (n->row->kind == TREE_RAW_DIR) {
+		clear_key(r, c, n->src, true);
+		clear_listing_of(r, c, n->src);
+	} else if (is_entry) {
+		clear_key(r, c, n->base, true);
+	} else {
+		/* A fixed directory or mapping: its rows, read against the
+		 * node's base. */
+		clear_row(r, c, n->row, n->base);
+	}
+}
+
+bool resolve_cleared_covers(const struct resolve_cleared *c, const struct node *n)
+{
+	if (!n->src)
+		return false;
+	for (size_t i = 0; i < c->count; i++) {
+		const char *k = c->keys[i].key;
+		size_t len = strlen(k);
+		if (c->keys[i].prefix ? strncmp(n->src, k, len) == 0 : strcmp(n->src, k) == 0)
+			return true;
+		/* A role-indirect file reads below its listing path. */
+		if ((n->row->flags & TREE_VIA_ROLE) && strncmp(k, n->src, strlen(n->src)) == 0)
+			return true;
+	}
+	return false;
+}
+
+void resolve_cleared_free(struct resolve_cleared *c)
+{
+	for (size_t i = 0; i < c->count; i++)
+		free(c->keys[i].key);
+	free(c->keys);
+	memset(c, 0, sizeof(*c));
+}

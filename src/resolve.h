@@ -1,0 +1,83 @@
+/*
+ * resolve: what a node holds. Answers "is this name there", "what bytes does
+ * this file hold" and "what does this directory list" from the table (tree),
+ * the cache and, on a miss, the fetcher. It also works out which cache
+ * entries `rm` of a node clears. It knows nothing of FUSE: fs.c turns its
+ * answers into replies.
+ */
+#ifndef IMDSFS_RESOLVE_H
+#define IMDSFS_RESOLVE_H
+
+#include "cache.h"
+#include "node.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <time.h>
+
+struct fetcher;
+
+struct resolver {
+	struct fetcher *fetcher;
+	struct cache *cache;
+	struct node_table *nodes;
+	bool hide_sensitive;
+};
+
+struct resolve_attr {
+	bool is_dir;
+	bool is_volatile;  /* fetched on every open; size 0 */
+	bool is_sensitive; /* mode 0400 */
+	size_t size;
+	time_t mtime; /* when the value was fetched; 0 when unknown */
+};
+
+/*
+ * Look `name` up in `dir`: 0 with a node holding one new lookup reference,
+ * or -errno (-ENOENT when IMDS has no such value). A non-volatile file's
+ * value is fetched to know its size. Blocks on IMDS on a cache miss.
+ */
+int resolve_lookup(struct resolver *r, struct node *dir, const char *name, struct node **out,
+		   struct resolve_attr *attr);
+
+/* The attributes of a node (fetching a file's value if it was cleared). */
+int resolve_getattr(struct resolver *r, const struct node *node, struct resolve_attr *attr);
+
+/* The bytes a file holds: 0 and a blob reference, or -errno. Volatile
+ * values are fetched every time. */
+int resolve_content(struct resolver *r, const struct node *file, struct blob **out);
+
+struct resolve_dirent {
+	char *name;
+	bool is_dir;
+};
+
+/* What `dir` lists: only names that can be looked up. IMDS is asked for
+ * listings only (and for the volatile values whose presence is their
+ * value). */
+int resolve_list(struct resolver *r, const struct node *dir, struct resolve_dirent **out,
+		 size_t *count);
+void resolve_dirents_free(struct resolve_dirent *entries, size_t count);
+
+/* The cache keys an `rm` cleared, to find the other inodes that showed
+ * them (a raw/ twin, a value derived from the same document). */
+struct resolve_cleared {
+	struct cleared_key {
+		char *key;
+		bool prefix;
+	} *keys;
+	size_t count;
+	size_t cap;
+};
+
+/* Clear what `node` shows and whatever it is derived from (a directory:
+ * everything below it, listings included). */
+void resolve_clear(struct resolver *r, const struct node *node, struct resolve_cleared *cleared);
+/* Whether `node`'s cached bytes were among those cleared. */
+bool resolve_cleared_covers(const struct resolve_cleared *cleared, const struct node *node);
+void resolve_cleared_free(struct resolve_cleared *cleared);
+
+bool resolve_is_volatile(const struct node *node);
+bool resolve_is_sensitive(const struct node *node);
+
+#endif
