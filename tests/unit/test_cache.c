@@ -1,0 +1,175 @@
+/* The cache alone: hits, single flight, failures never stored, clearing by
+ * key (with derived keys) and by prefix, volatile values never stored. */
+#include "cache.h"
+#include "check.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <string.h>
+#include <unistd.h>
+
+struct counter {
+	atomic_int calls;
+	int result;
+	const char *value;
+	useconds_t delay;
+};
+
+static int fill(void *ctx, struct blob **out)
+{
+	struct counter *c = ctx;
+
+	atomic_fetch_add(&c->calls, 1);
+	if (c->delay)
+		usleep(c->delay);
+	if (c->result)
+		return c->result;
+	*out = blob_new(c->value, strlen(c->value));
+	return 0;
+}
+
+static int get(struct cache *cache, const char *key, struct counter *c, const char *expect)
+{
+	struct blob *b = NULL;
+	int err = cache_get(cache, key, true, fill, c, &b);
+
+	if (!err) {
+		CHECK(b != NULL);
+		if (b && expect)
+			CHECK(strcmp(b->data, expect) == 0);
+		blob_unref(b);
+	}
+	return err;
+}
+
+static void test_hits_and_clear(void)
+{
+	struct cache *cache = cache_create();
+	struct counter c = {.value = "v1"};
+
+	CHECK_EQ_INT(get(cache, "meta-data/a", &c, "v1"), 0);
+	CHECK_EQ_INT(get(cache, "meta-data/a", &c, "v1"), 0);
+	CHECK_EQ_INT(c.calls, 1);
+
+	CHECK_EQ_INT(get(cache, "meta-data/a#text:", &c, "v1"), 0);
+	CHECK_EQ_INT(get(cache, "meta-data/ab", &c, "v1"), 0);
+	CHECK_EQ_INT(cache_count(cache), 3);
+	/* Clearing a key clears what is derived from it, not its neighbours. */
+	cache_clear(cache, "meta-data/a");
+	CHECK_EQ_INT(cache_count(cache), 1);
+	c.value = "v2";
+	CHECK_EQ_INT(get(cache, "meta-data/a", &c, "v2"), 0);
+	CHECK_EQ_INT(get(cache, "meta-data/ab", &c, "v1"), 0);
+
+	cache_clear_prefix(cache, "meta-data/");
+	CHECK_EQ_INT(cache_count(cache), 0);
+
+	/* Failures are not stored: the next reader fills again. */
+	c.calls = 0;
+	c.result = -ETIMEDOUT;
+	CHECK_EQ_INT(get(cache, "k", &c, NULL), -ETIMEDOUT);
+	CHECK_EQ_INT(get(cache, "k", &c, NULL), -ETIMEDOUT);
+	CHECK_EQ_INT(c.calls, 2);
+	CHECK_EQ_INT(cache_count(cache), 0);
+
+	/* Volatile values are never stored. */
+	c.result = 0;
+	struct blob *b = NULL;
+	c.calls = 0;
+	CHECK_EQ_INT(cache_get(cache, "v", false, fill, &c, &b), 0);
+	blob_unref(b);
+	CHECK_EQ_INT(cache_get(cache, "v", false, fill, &c, &b), 0);
+	blob_unref(b);
+	CHECK_EQ_INT(c.calls, 2);
+	CHECK_EQ_INT(cache_count(cache), 0);
+	cache_destroy(cache);
+}
+
+struct reader {
+	pthread_t thread;
+	struct cache *cache;
+	struct counter *counter;
+	int err;
+	char got[16];
+};
+
+static void *read_one(void *arg)
+{
+	struct reader *r = arg;
+	struct blob *b = NULL;
+
+	r->err = cache_get(r->cache, "cold", true, fill, r->counter, &b);
+	if (!r->err) {
+		snprintf(r->got, sizeof(r->got), "%s", b->data);
+		blob_unref(b);
+	}
+	return NULL;
+}
+
+static void test_single_flight(void)
+{
+	enum { READERS = 32 };
+	struct cache *cache = cache_create();
+	struct counter c = {.value = "once", .delay = 200000};
+	struct reader readers[READERS];
+
+	for (int round = 0; round < 2; round++) {
+		c.calls = 0;
+		c.result = round == 0 ? 0 : -EIO;
+		cache_clear(cache, "cold");
+		for (int i = 0; i < READERS; i++) {
+			readers[i] = (struct reader){.cache = cache, .counter = &c};
+			pthread_create(&readers[i].thread, NULL, read_one, &readers[i]);
+		}
+		for (int i = 0; i < READERS; i++) {
+			pthread_join(readers[i].thread, NULL);
+			CHECK_EQ_INT(readers[i].err, c.result);
+			if (!c.result)
+				CHECK(strcmp(readers[i].got, "once") == 0);
+		}
+		/* All readers overlapped with the one slow fill. */
+		CHECK_EQ_INT(c.calls, 1);
+	}
+	CHECK_EQ_INT(cache_count(cache), 0); /* the failed round left nothing */
+	cache_destroy(cache);
+}
+
+struct clearer_args {
+	struct cache *cache;
+};
+
+static void *clear_soon(void *arg)
+{
+	struct clearer_args *a = arg;
+
+	usleep(50000);
+	cache_clear(a->cache, "racing");
+	return NULL;
+}
+
+static void test_clear_during_fill(void)
+{
+	struct cache *cache = cache_create();
+	struct counter c = {.value = "old", .delay = 200000};
+	struct clearer_args args = {cache};
+	pthread_t t;
+
+	pthread_create(&t, NULL, clear_soon, &args);
+	CHECK_EQ_INT(get(cache, "racing", &c, "old"), 0);
+	pthread_join(t, NULL);
+	/* The value fetched before the clear was not kept. */
+	CHECK_EQ_INT(cache_count(cache), 0);
+	c.value = "new";
+	c.delay = 0;
+	CHECK_EQ_INT(get(cache, "racing", &c, "new"), 0);
+	cache_destroy(cache);
+}
+
+int main(void)
+{
+	test_hits_and_clear();
+	test_single_flight();
+	test_clear_during_fill();
+	return check_done("test_cache");
+}
