@@ -43,7 +43,9 @@ def _cannot_run(why):
 def pytest_sessionstart(session):
     # Tests talk to 127.0.0.1 only; inside `unshare --net` nothing else exists,
     # so a test that forgot the endpoint fails instead of leaving the machine.
-    nets = sorted(os.listdir("/sys/class/net")) if os.path.isdir("/sys/class/net") else []
+    # /proc/net/dev is per network namespace (/sys/class/net is not).
+    with open("/proc/net/dev") as f:
+        nets = sorted(line.split(":")[0].strip() for line in f.readlines()[2:])
     if nets != ["lo"] and not os.environ.get("IMDSFS_ALLOW_HOST_NET"):
         raise pytest.UsageError(
             "run the integration tests in a private network namespace (scripts/test does: "
@@ -54,6 +56,8 @@ class Mock:
     """A running scripts/imds-mock and its control API."""
 
     def __init__(self, data, host="127.0.0.1"):
+        self.data = data
+        self.extra_files = {}
         self.dir = tempfile.mkdtemp(prefix="imds-mock-")
         port_file = os.path.join(self.dir, "port")
         self.log = open(os.path.join(self.dir, "mock.log"), "w+b")
@@ -86,6 +90,7 @@ class Mock:
     def set(self, path, value):
         if isinstance(value, str):
             value = value.encode()
+        self.extra_files[path] = value
         self._call("PUT", "files/" + path, value)
 
     def delete(self, path):
@@ -128,6 +133,37 @@ class Mock:
     def clear_faults(self):
         self._call("DELETE", "faults")
 
+    def secrets(self):
+        """Every token issued, every credential field value and the user data
+        this mock has served or can serve (strings of 8+ characters)."""
+        found = set(self.tokens().get("values", []))
+        doc = json.loads(Path(self.data).read_text())
+        files = dict(doc.get("files", {}))
+        files.update(self.extra_files)
+        for path, value in files.items():
+            sensitive = (path == "user-data" or path.startswith("meta-data/iam/security-credentials/")
+                         or path.startswith("meta-data/identity-credentials/"))
+            if not sensitive:
+                continue
+            if isinstance(value, dict) and "json" in value:
+                value = value["json"]
+            elif isinstance(value, dict) and "base64" in value:
+                import base64
+                value = base64.b64decode(value["base64"]).decode("latin-1")
+            elif isinstance(value, bytes):
+                value = value.decode("latin-1")
+            if isinstance(value, str):
+                try:
+                    value = json.loads(value)
+                except ValueError:
+                    pass
+            if isinstance(value, dict):
+                found.update(str(v) for k, v in value.items()
+                             if k in ("AccessKeyId", "SecretAccessKey", "Token"))
+            elif isinstance(value, str):
+                found.update(line for line in value.splitlines() if len(line.strip()) >= 8)
+        return {s for s in found if len(s) >= 8}
+
     def stop(self):
         if self.proc.poll() is None:
             self.proc.terminate()
@@ -143,7 +179,8 @@ class Mock:
 class Mount:
     """imdsfs -f mounted on a temporary directory."""
 
-    def __init__(self, mock, options=(), extra_args=(), env=None, endpoint=None):
+    def __init__(self, mock, options=(), extra_args=(), env=None, endpoint=None, debug=True):
+        self.mock = mock
         self.dir = tempfile.mkdtemp(prefix="imdsfs-")
         self.path = os.path.join(self.dir, "mnt")
         os.mkdir(self.path)
@@ -151,7 +188,10 @@ class Mount:
         self.log_path = os.path.join(self.dir, "imdsfs.log")
         self.log = open(self.log_path, "w+b")
         opts = ["endpoint=" + (endpoint or mock.url)] + list(options)
-        cmd = [str(BINARY), "-f", "-o", ",".join(opts), *extra_args, self.path]
+        # -d everywhere: debug logging must never print a secret, and every
+        # test checks that at teardown (see secrets_in_output).
+        cmd = [str(BINARY), "-f", *(["-d"] if debug else []), "-o", ",".join(opts),
+               *extra_args, self.path]
         full_env = dict(os.environ)
         full_env.update(env or {})
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT,
@@ -194,6 +234,11 @@ class Mount:
             if BAD_OUTPUT.search(line) and not any(p.search(line) for p in self.expected):
                 bad.append(line)
         return bad
+
+    def secrets_in_output(self):
+        """Secrets (tokens, credential values, user data) found in the daemon's output."""
+        out = self.output()
+        return sorted(s for s in self.mock.secrets() if s in out)
 
     def alive(self):
         return self.proc.poll() is None
@@ -245,8 +290,12 @@ def start_mock():
 
 
 @pytest.fixture
-def mount_fs(request):
-    """mount_fs(mock, options=(), ...) -> Mount; unmounted and checked at teardown."""
+def mount_fs(request, start_mock):
+    """mount_fs(mock, options=(), ...) -> Mount; unmounted and checked at teardown.
+
+    Depends on start_mock so that mocks outlive the mounts (the teardown
+    compares the daemon's output with the mock's secrets).
+    """
     _check_fuse()
     mounts = []
 
@@ -267,6 +316,12 @@ def mount_fs(request):
         bad = m.unexpected_output()
         if bad and not failed:
             problems.append("unexpected daemon output:\n" + "\n".join(bad))
+        try:
+            leaked = m.secrets_in_output()
+        except Exception as e:  # the mock is gone: nothing to compare with
+            leaked = []
+        if leaked:
+            problems.append("the daemon's output holds secrets: %s" % leaked)
         m.cleanup()
     if problems:
         pytest.fail("\n".join(problems))
