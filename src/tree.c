@@ -525,8 +525,12 @@ int tree_format_value(enum tree_format format, const char *field, const char *bo
 	if (!cJSON_IsObject(doc)) {
 		log_warning("%s: the JSON document is not an object", where);
 		err = -EIO;
-	} else if (!item || cJSON_IsNull(item)) {
-		err = -ENOENT;
+	} else if (!item) {
+		/* The library raises here: the document is not what it should be. */
+		log_warning("%s: the JSON document has no member %s", where, field);
+		err = -EIO;
+	} else if (cJSON_IsNull(item)) {
+		err = -ENOENT; /* the library's None */
 	} else if (!cJSON_IsString(item)) {
 		log_warning("%s: member %s is not a string", where, field);
 		err = -EIO;

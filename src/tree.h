@@ -140,8 +140,8 @@ const struct tree_entry *tree_listing_find(const struct tree_listing *listing, c
 
 /*
  * Format a value served by IMDS for a cleaned-up file. For the JSON formats
- * the body must parse; a missing or null field is -ENOENT (the library's
- * None), anything else malformed is -EIO, logged with `where`. On success
+ * the body must parse; a null field is -ENOENT (the library's None); a
+ * missing field or anything else malformed is -EIO, logged with `where`. On success
  * returns 0 and a malloc'd buffer.
  */
 int tree_format_value(enum tree_format format, const char *field, const char *body, size_t len,

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -82,7 +83,8 @@ class Mock:
         return self.log.read().decode(errors="replace")
 
     def _call(self, method, path, body=None, timeout=5):
-        req = urllib.request.Request(self.url + "/_mock/" + path, data=body, method=method)
+        req = urllib.request.Request(self.url + "/_mock/" + urllib.parse.quote(path, safe="/:=@+,;"),
+                                     data=body, method=method)
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return r.read()
 

@@ -183,7 +183,7 @@ static void test_format(void)
 	expect_format(TREE_JSON_FIELD, "region", "{\"region\": \"eu-west-1\"}", 0, "eu-west-1\n");
 	expect_format(TREE_JSON_FIELD, "region", "{\"region\": \"\"}", 0, "\n");
 	expect_format(TREE_JSON_FIELD, "region", "{\"region\": \"caf\\u00e9\"}", 0, "caf\xc3\xa9\n");
-	expect_format(TREE_JSON_FIELD, "region", "{\"other\": 1}", -ENOENT, NULL);
+	expect_format(TREE_JSON_FIELD, "region", "{\"other\": 1}", -EIO, NULL);
 	expect_format(TREE_JSON_FIELD, "region", "{\"region\": null}", -ENOENT, NULL);
 	expect_format(TREE_JSON_FIELD, "region", "{\"region\": 5}", -EIO, NULL);
 	expect_format(TREE_JSON_FIELD, "region", "[1, 2]", -EIO, NULL);
