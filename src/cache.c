@@ -38,6 +38,10 @@ struct blob *blob_new(const char *data, size_t len)
 	if (!b)
 		return NULL;
 	atomic_init(&b->refs, 1);
+	for (unsigned int i = 0; i < BLOB_ANNEX_SLOTS; i++) {
+		atomic_init(&b->annex[i].value, NULL);
+		b->annex[i].destroy = NULL;
+	}
 	b->len = len;
 	b->fetched = time(NULL);
 	if (len)
@@ -54,8 +58,32 @@ struct blob *blob_ref(struct blob *b)
 
 void blob_unref(struct blob *b)
 {
-	if (b && atomic_fetch_sub(&b->refs, 1) == 1)
-		free(b);
+	if (!b || atomic_fetch_sub(&b->refs, 1) != 1)
+		return;
+	for (unsigned int i = 0; i < BLOB_ANNEX_SLOTS; i++) {
+		void *value = atomic_load(&b->annex[i].value);
+		if (value)
+			b->annex[i].destroy(value);
+	}
+	free(b);
+}
+
+void *blob_annex_set(struct blob *b, unsigned int slot, void *value, void (*destroy)(void *))
+{
+	void *expected = NULL;
+
+	if (atomic_compare_exchange_strong(&b->annex[slot].value, &expected, value)) {
+		/* Read only when the last reference goes, after every writer. */
+		b->annex[slot].destroy = destroy;
+		return value;
+	}
+	destroy(value);
+	return expected;
+}
+
+void *blob_annex_get(struct blob *b, unsigned int slot)
+{
+	return atomic_load(&b->annex[slot].value);
 }
 
 static uint64_t hash_key(const char *key)

@@ -15,18 +15,38 @@
 #include <stddef.h>
 #include <time.h>
 
+/* Forms derived from a blob's bytes (a parsed listing), one per slot. */
+#define BLOB_ANNEX_SLOTS 6
+
+struct blob_annex {
+	_Atomic(void *) value;
+	void (*destroy)(void *value);
+};
+
 /* Immutable, reference-counted bytes. */
 struct blob {
 	atomic_uint refs;
 	size_t len;
 	time_t fetched; /* wall-clock time of the fetch, for st_mtime */
-	char data[];	/* len bytes, then a NUL not counted in len */
+	struct blob_annex annex[BLOB_ANNEX_SLOTS];
+	char data[]; /* len bytes, then a NUL not counted in len */
 };
 
 /* Copies len bytes; returns NULL when out of memory. */
 struct blob *blob_new(const char *data, size_t len);
 struct blob *blob_ref(struct blob *blob);
 void blob_unref(struct blob *blob);
+
+/*
+ * Work done once per value rather than once per access: attach `value`
+ * (derived from the bytes) in `slot`, freed with the blob by `destroy`. If
+ * another thread attached one first, `value` is destroyed and theirs is
+ * returned. Lock-free.
+ */
+void *blob_annex_set(struct blob *blob, unsigned int slot, void *value,
+		     void (*destroy)(void *value));
+/* What `slot` holds, or NULL. */
+void *blob_annex_get(struct blob *blob, unsigned int slot);
 
 /* Produces the value of a key: 0 and a new blob, or -errno. */
 typedef int (*cache_fill_fn)(void *ctx, struct blob **out);

@@ -50,18 +50,80 @@ static int get_body(struct resolver *r, const char *path, struct blob **out)
 	return cache_get(r->cache, path, !tree_path_is_volatile(path), fill_body, &f, out);
 }
 
-static int get_listing(struct resolver *r, const char *path, enum tree_keys keys, bool raw,
-		       struct tree_listing *out)
+static void listing_destroy(void *listing)
 {
-	struct blob *body;
-	int err = get_body(r, path, &body);
+	tree_listing_free(listing);
+	free(listing);
+}
 
-	memset(out, 0, sizeof(*out));
+static const struct tree_listing empty_listing;
+
+/*
+ * The listing at `path`, parsed once per fetched body and kept with it: the
+ * result is borrowed from *holder, which the caller releases with
+ * blob_unref(). On error *holder is NULL.
+ */
+static int get_listing(struct resolver *r, const char *path, enum tree_keys keys, bool raw,
+		       struct blob **holder, const struct tree_listing **out)
+{
+	unsigned int slot = (unsigned int)keys * 2 + raw;
+	struct tree_listing *l;
+	int err = get_body(r, path, holder);
+
+	*out = NULL;
 	if (err)
 		return err;
-	err = tree_parse_listing(body->data, body->len, keys, raw, path, out);
-	blob_unref(body);
-	return err;
+	l = blob_annex_get(*holder, slot);
+	if (!l) {
+		l = calloc(1, sizeof(*l));
+		err = l ? tree_parse_listing((*holder)->data, (*holder)->len, keys, raw, path, l)
+			: -ENOMEM;
+		if (err) {
+			free(l);
+			blob_unref(*holder);
+			*holder = NULL;
+			return err;
+		}
+		l = blob_annex_set(*holder, slot, l, listing_destroy);
+	}
+	*out = l;
+	return 0;
+}
+
+static bool child_is_volatile(const char *dir, const char *name)
+{
+	char *path = join(dir, name);
+	bool v = path && tree_path_is_volatile(path);
+
+	free(path);
+	return v;
+}
+
+/*
+ * The entry `name` of the listing at `dir`, borrowed from *holder. Volatile
+ * names come and go while their parent's listing is cached (meta-data/
+ * names spot/ only once an interruption is scheduled), so a miss on one
+ * reads the listing again.
+ */
+static int find_listed(struct resolver *r, const char *dir, const char *name, enum tree_keys keys,
+		       bool raw, struct blob **holder, const struct tree_entry **out)
+{
+	const struct tree_listing *l;
+
+	*out = NULL;
+	for (int attempt = 0;; attempt++) {
+		int err = get_listing(r, dir, keys, raw, holder, &l);
+		if (err)
+			return err;
+		*out = tree_listing_find(l, name);
+		if (*out)
+			return 0;
+		blob_unref(*holder);
+		*holder = NULL;
+		if (attempt > 0 || !child_is_volatile(dir, name))
+			return -ENOENT;
+		cache_clear(r->cache, dir);
+	}
 }
 
 bool resolve_is_volatile(const struct node *n)
@@ -97,17 +159,18 @@ static bool hidden(const struct resolver *r, const struct node_spec *spec)
  * role, as the ec2-metadata library takes it). */
 static int role_path(struct resolver *r, const char *listing_path, char **out)
 {
-	struct tree_listing l;
-	int err = get_listing(r, listing_path, TREE_KEYS_LISTING, false, &l);
+	const struct tree_listing *l;
+	struct blob *holder;
+	int err = get_listing(r, listing_path, TREE_KEYS_LISTING, false, &holder, &l);
 
 	*out = NULL;
 	if (err)
 		return err;
-	if (l.count == 0 || l.entries[0].is_dir)
+	if (l->count == 0 || l->entries[0].is_dir)
 		err = -ENOENT;
-	else if (!(*out = join(listing_path, l.entries[0].remote)))
+	else if (!(*out = join(listing_path, l->entries[0].remote)))
 		err = -ENOMEM;
-	tree_listing_free(&l);
+	blob_unref(holder);
 	return err;
 }
 
@@ -195,7 +258,8 @@ static int check_listed(struct resolver *r, const char *path)
 	size_t n = strlen(path);
 	const char *slash;
 	char *dir, *name;
-	struct tree_listing l;
+	const struct tree_entry *e;
+	struct blob *holder = NULL;
 	int err;
 
 	if (n && path[n - 1] == '/')
@@ -207,11 +271,8 @@ static int check_listed(struct resolver *r, const char *path)
 		err = -ENOMEM;
 		goto out;
 	}
-	err = get_listing(r, dir, TREE_KEYS_LISTING, false, &l);
-	if (err)
-		goto out;
-	err = tree_listing_find(&l, name) ? 0 : -ENOENT;
-	tree_listing_free(&l);
+	err = find_listed(r, dir, name, TREE_KEYS_LISTING, false, &holder, &e);
+	blob_unref(holder);
 out:
 	free(dir);
 	free(name);
@@ -304,13 +365,17 @@ static void spec_free(struct node_spec *spec, bool base_owned)
 	free((char *)spec->src);
 }
 
-static int mapping_keys(struct resolver *r, const struct node *dir, struct tree_listing *l)
+/* A mapping's keys, borrowed from *holder (which may stay NULL). */
+static int mapping_keys(struct resolver *r, const struct node *dir, struct blob **holder,
+			const struct tree_listing **l)
 {
-	int err = get_listing(r, dir->src, dir->row->keys, false, l);
+	int err = get_listing(r, dir->src, dir->row->keys, false, holder, l);
 
 	/* An empty mapping is an empty directory. */
-	if (err == -ENOENT && dir->row->presence == TREE_ALWAYS)
+	if (err == -ENOENT && dir->row->presence == TREE_ALWAYS) {
+		*l = &empty_listing;
 		err = 0;
+	}
 	return err;
 }
 
@@ -340,7 +405,8 @@ int resolve_lookup(struct resolver *r, struct node *dir, const char *name, struc
 		   struct resolve_attr *attr)
 {
 	struct node_spec spec = {0};
-	struct tree_listing l = {0};
+	const struct tree_listing *l;
+	struct blob *holder = NULL;
 	const struct tree_entry *e;
 	const struct tree_row *row = NULL;
 	bool base_owned = false;
@@ -359,24 +425,22 @@ int resolve_lookup(struct resolver *r, struct node *dir, const char *name, struc
 		err = spec_for_row(dir, row, &spec);
 		break;
 	case TREE_MAPPING:
-		err = mapping_keys(r, dir, &l);
+		err = mapping_keys(r, dir, &holder, &l);
 		if (err)
 			break;
-		e = tree_listing_find(&l, name);
+		e = tree_listing_find(l, name);
 		err = e ? spec_for_entry(dir, e, &spec) : -ENOENT;
 		base_owned = true;
 		break;
 	case TREE_RAW_DIR:
-		err = get_listing(r, dir->src, TREE_KEYS_LISTING, true, &l);
-		if (err)
-			break;
-		e = tree_listing_find(&l, name);
-		err = !e || too_deep(dir, e) ? -ENOENT : spec_for_raw(dir, e, &spec);
+		err = find_listed(r, dir->src, name, TREE_KEYS_LISTING, true, &holder, &e);
+		if (!err)
+			err = too_deep(dir, e) ? -ENOENT : spec_for_raw(dir, e, &spec);
 		break;
 	default:
 		return -ENOTDIR;
 	}
-	tree_listing_free(&l);
+	blob_unref(holder);
 	if (err)
 		goto out;
 	if (hidden(r, &spec)) {
@@ -472,7 +536,8 @@ int resolve_list(struct resolver *r, const struct node *dir, struct resolve_dire
 		 size_t *count)
 {
 	struct resolve_dirent *v = NULL;
-	struct tree_listing l = {0};
+	const struct tree_listing *l = NULL;
+	struct blob *holder = NULL;
 	size_t cap = 0;
 	int err = 0;
 
@@ -482,28 +547,28 @@ int resolve_list(struct resolver *r, const struct node *dir, struct resolve_dire
 		err = list_rows(r, dir, &v, count, &cap);
 		break;
 	case TREE_MAPPING:
-		err = mapping_keys(r, dir, &l);
-		for (size_t i = 0; !err && i < l.count; i++)
-			err = add_dirent(&v, count, &cap, l.entries[i].name,
+		err = mapping_keys(r, dir, &holder, &l);
+		for (size_t i = 0; !err && i < l->count; i++)
+			err = add_dirent(&v, count, &cap, l->entries[i].name,
 					 tree_row_is_dir(tree_child(dir->row, "*")));
 		break;
 	case TREE_RAW_DIR:
-		err = get_listing(r, dir->src, TREE_KEYS_LISTING, true, &l);
-		for (size_t i = 0; !err && i < l.count; i++) {
+		err = get_listing(r, dir->src, TREE_KEYS_LISTING, true, &holder, &l);
+		for (size_t i = 0; !err && i < l->count; i++) {
 			struct node_spec spec;
-			if (too_deep(dir, &l.entries[i]))
+			if (too_deep(dir, &l->entries[i]))
 				continue;
-			err = spec_for_raw(dir, &l.entries[i], &spec);
+			err = spec_for_raw(dir, &l->entries[i], &spec);
 			if (!err && !hidden(r, &spec))
-				err = add_dirent(&v, count, &cap, l.entries[i].name,
-						 l.entries[i].is_dir);
+				err = add_dirent(&v, count, &cap, l->entries[i].name,
+						 l->entries[i].is_dir);
 			spec_free(&spec, false);
 		}
 		break;
 	default:
 		err = -ENOTDIR;
 	}
-	tree_listing_free(&l);
+	blob_unref(holder);
 	if (err) {
 		resolve_dirents_free(v, *count);
 		*count = 0;

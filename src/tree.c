@@ -10,6 +10,7 @@
 
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -276,22 +277,45 @@ void tree_listing_free(struct tree_listing *l)
 		free(l->entries[i].remote);
 	}
 	free(l->entries);
-	l->entries = NULL;
-	l->count = 0;
+	free(l->by_name);
+	memset(l, 0, sizeof(*l));
 }
 
 /* Log the first few skipped lines one by one; a hostile listing of 100,000
  * bad lines must not become 100,000 log lines. */
 #define SKIP_LOG_MAX 5
 
+/* What IMDS sent, shown safely: printable ASCII as is, other bytes as \xNN,
+ * cut at 64 bytes. */
+static void quote_line(const char *line, size_t len, char *out, size_t size)
+{
+	size_t n = 0;
+
+	for (size_t i = 0; i < len && i < 64 && n + 5 < size; i++) {
+		unsigned char c = (unsigned char)line[i];
+		if (c >= 0x20 && c < 0x7f && c != '\\')
+			out[n++] = (char)c;
+		else
+			n += (size_t)snprintf(out + n, size - n, "\\x%02x", c);
+	}
+	if (len > 64 && n + 4 < size) {
+		memcpy(out + n, "...", 3);
+		n += 3;
+	}
+	out[n] = '\0';
+}
+
 static void note_skip(struct tree_listing *l, const char *where, const char *why, const char *line,
 		      size_t len)
 {
+	char shown[64 * 4 + 8];
+
 	l->skipped++;
-	if (l->skipped <= SKIP_LOG_MAX)
-		log_warning("listing %s: skipped line %.*s: %s", where[0] ? where : "/latest/",
-			    (int)(len > 80 ? 80 : len),
-			    memchr(line, '\0', len) ? "(contains NUL)" : line, why);
+	if (l->skipped > SKIP_LOG_MAX)
+		return;
+	quote_line(line, len, shown, sizeof(shown));
+	log_warning("listing %s: skipped line \"%s\": %s", where[0] ? where : "/latest/", shown,
+		    why);
 }
 
 static bool all_digits(const char *s, size_t len)
@@ -380,6 +404,19 @@ static int drop_duplicates(struct tree_listing *l, const char *where)
 	return 0;
 }
 
+static int index_by_name(struct tree_listing *l)
+{
+	if (l->count == 0)
+		return 0;
+	l->by_name = malloc(l->count * sizeof(*l->by_name));
+	if (!l->by_name)
+		return -ENOMEM;
+	for (size_t i = 0; i < l->count; i++)
+		l->by_name[i] = &l->entries[i];
+	qsort(l->by_name, l->count, sizeof(*l->by_name), compare_names);
+	return 0;
+}
+
 int tree_parse_listing(const char *body, size_t len, enum tree_keys keys, bool raw,
 		       const char *where, struct tree_listing *out)
 {
@@ -435,6 +472,8 @@ int tree_parse_listing(const char *body, size_t len, enum tree_keys keys, bool r
 	}
 	if (!err)
 		err = drop_duplicates(out, where);
+	if (!err)
+		err = index_by_name(out);
 	if (out->skipped > SKIP_LOG_MAX)
 		log_warning("listing %s: skipped %zu lines in all", where[0] ? where : "/latest/",
 			    out->skipped);
@@ -445,9 +484,18 @@ int tree_parse_listing(const char *body, size_t len, enum tree_keys keys, bool r
 
 const struct tree_entry *tree_listing_find(const struct tree_listing *l, const char *name)
 {
-	for (size_t i = 0; i < l->count; i++)
-		if (strcmp(l->entries[i].name, name) == 0)
-			return &l->entries[i];
+	size_t lo = 0, hi = l->count;
+
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		int c = strcmp(l->by_name[mid]->name, name);
+		if (c == 0)
+			return l->by_name[mid];
+		if (c < 0)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
 	return NULL;
 }
 

@@ -119,9 +119,10 @@ struct tree_entry {
 };
 
 struct tree_listing {
-	struct tree_entry *entries;
+	struct tree_entry *entries; /* in listing order */
 	size_t count;
-	size_t skipped; /* invalid or duplicate lines, each logged */
+	size_t skipped;	       /* invalid or duplicate lines, each logged */
+	struct tree_entry **by_name; /* sorted, for tree_listing_find */
 };
 
 /*
@@ -135,7 +136,7 @@ struct tree_listing {
 int tree_parse_listing(const char *body, size_t len, enum tree_keys keys, bool raw,
 		       const char *where, struct tree_listing *out);
 void tree_listing_free(struct tree_listing *listing);
-/* The entry named `name`, or NULL. */
+/* The entry named `name`, or NULL. O(log n): listings can be huge. */
 const struct tree_entry *tree_listing_find(const struct tree_listing *listing, const char *name);
 
 /*
