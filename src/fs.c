@@ -43,6 +43,11 @@ struct fs_notice {
 #define WAKE_RELOAD  'h'
 #define WAKE_QUIT    'q'
 
+/* How long `rm` waits for the kernel to hear about the other inodes it
+ * touched. Bounded because a SIGHUP's entry invalidation can need the
+ * directory lock that an unlink in progress holds. */
+#define NOTICE_WAIT_MS 1000
+
 static struct imdsfs *fs_of(fuse_req_t req)
 {
 	return fuse_req_userdata(req);
@@ -73,8 +78,28 @@ static void queue_notice(struct imdsfs *fs, enum notice_kind kind, fuse_ino_t in
 	pthread_mutex_lock(&fs->notices_lock);
 	n->next = fs->notices;
 	fs->notices = n;
+	fs->notices_queued++;
 	pthread_mutex_unlock(&fs->notices_lock);
 	wake(fs->wake[1], WAKE_NOTICES);
+}
+
+/* Wait until every notice queued so far has reached the kernel, so that a
+ * stat right after `rm` returns never sees another inode's stale size. */
+static void wait_for_notices(struct imdsfs *fs)
+{
+	struct timespec until;
+
+	clock_gettime(CLOCK_REALTIME, &until);
+	until.tv_nsec += (long)NOTICE_WAIT_MS * 1000000L;
+	until.tv_sec += until.tv_nsec / 1000000000L;
+	until.tv_nsec %= 1000000000L;
+	pthread_mutex_lock(&fs->notices_lock);
+	unsigned long target = fs->notices_queued;
+	while (fs->housekeeper_running && fs->notices_sent < target)
+		if (pthread_cond_timedwait(&fs->notices_sent_cond, &fs->notices_lock, &until) ==
+		    ETIMEDOUT)
+			break;
+	pthread_mutex_unlock(&fs->notices_lock);
 }
 
 static void send_notices(struct imdsfs *fs)
@@ -84,6 +109,7 @@ static void send_notices(struct imdsfs *fs)
 	pthread_mutex_lock(&fs->notices_lock);
 	list = fs->notices;
 	fs->notices = NULL;
+	unsigned long taken = fs->notices_queued;
 	pthread_mutex_unlock(&fs->notices_lock);
 
 	while (list) {
@@ -98,6 +124,10 @@ static void send_notices(struct imdsfs *fs)
 		free(n->name);
 		free(n);
 	}
+	pthread_mutex_lock(&fs->notices_lock);
+	fs->notices_sent = taken;
+	pthread_cond_broadcast(&fs->notices_sent_cond);
+	pthread_mutex_unlock(&fs->notices_lock);
 }
 
 struct covered {
@@ -182,6 +212,7 @@ int fs_init_state(struct imdsfs *fs)
 	if (pipe2(fs->wake, O_CLOEXEC | O_NONBLOCK) < 0)
 		return -errno;
 	pthread_mutex_init(&fs->notices_lock, NULL);
+	pthread_cond_init(&fs->notices_sent_cond, NULL);
 	return 0;
 }
 
@@ -194,6 +225,7 @@ void fs_free_state(struct imdsfs *fs)
 		free(n);
 	}
 	pthread_mutex_destroy(&fs->notices_lock);
+	pthread_cond_destroy(&fs->notices_sent_cond);
 	close(fs->wake[0]);
 	close(fs->wake[1]);
 }
@@ -205,6 +237,9 @@ static void imdsfs_init(void *userdata, struct fuse_conn_info *conn)
 
 	/* Values change only when we invalidate them ourselves. */
 	conn->want &= ~FUSE_CAP_AUTO_INVAL_DATA;
+	/* A lookup waiting on IMDS must not hold up lookups of its neighbours. */
+	if (conn->capable & FUSE_CAP_PARALLEL_DIROPS)
+		conn->want |= FUSE_CAP_PARALLEL_DIROPS;
 
 	err = pthread_create(&fs->housekeeper, NULL, housekeeper, fs);
 	if (err)
@@ -501,6 +536,7 @@ static void remove_entry(fuse_req_t req, fuse_ino_t parent, const char *name, bo
 		node_for_each_known(fs->resolver.nodes, queue_if_covered, &others);
 		node_detach(fs->resolver.nodes, n);
 		resolve_cleared_free(&cleared);
+		wait_for_notices(fs);
 	}
 	if (looked_up)
 		node_forget(fs->resolver.nodes, n, 1);

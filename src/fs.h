@@ -37,7 +37,10 @@ struct imdsfs {
 	pthread_t housekeeper;
 	bool housekeeper_running;
 	pthread_mutex_t notices_lock;
+	pthread_cond_t notices_sent_cond;
 	struct fs_notice *notices;
+	unsigned long notices_queued; /* sequence numbers, under notices_lock */
+	unsigned long notices_sent;
 };
 
 extern const struct fuse_lowlevel_ops imdsfs_ops;

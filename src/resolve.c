@@ -453,6 +453,12 @@ int resolve_lookup(struct resolver *r, struct node *dir, const char *name, struc
 		err = resolve_content(r, &probe, &content); /* st_size must be exact */
 	else if (row)
 		err = check_present(r, row, spec.src);
+	if (err == -ENOENT && !row && dir->src) {
+		/* The cached listing named a value IMDS no longer has: drop the
+		 * listing, so that ls lists only what can be opened. */
+		log_debug("%s%s is gone; re-reading its listing next time", dir->src, name);
+		cache_clear(r->cache, dir->src);
+	}
 	if (err)
 		goto out;
 
@@ -600,8 +606,8 @@ static void clear_key(struct resolver *r, struct resolve_cleared *c, const char 
 		c->count++;
 }
 
-/* The listing that says whether `path` exists: cleared with the value so
- * that `rm` refreshes presence too. */
+/* The listing that says whether `path` exists: `rmdir` clears it with the
+ * values below it. */
 static void clear_listing_of(struct resolver *r, struct resolve_cleared *c, const char *path)
 {
 	size_t n = strlen(path);
@@ -616,11 +622,18 @@ static void clear_listing_of(struct resolver *r, struct resolve_cleared *c, cons
 	free(dir);
 }
 
+/*
+ * A file's value and what it is derived from. `rm FILE` leaves the listing
+ * that names the file alone: `rm -r` unlinks every name it listed before it
+ * removes the directory, and a re-read listing could make the later names
+ * vanish under it.
+ */
 static void clear_file(struct resolver *r, struct resolve_cleared *c, const struct tree_row *row,
-		       const char *src)
+		       const char *src, bool with_listing)
 {
 	clear_key(r, c, src, (row->flags & TREE_VIA_ROLE) != 0);
-	clear_listing_of(r, c, src);
+	if (with_listing)
+		clear_listing_of(r, c, src);
 }
 
 static void clear_row(struct resolver *r, struct resolve_cleared *c, const struct tree_row *row,
@@ -633,7 +646,7 @@ static void clear_row(struct resolver *r, struct resolve_cleared *c, const struc
 	case TREE_FILE:
 	case TREE_RAW_FILE:
 		if (src)
-			clear_file(r, c, row, src);
+			clear_file(r, c, row, src, true);
 		break;
 	case TREE_MAPPING:
 		clear_key(r, c, src, false);
@@ -660,7 +673,7 @@ void resolve_clear(struct resolver *r, const struct node *n, struct resolve_clea
 	bool is_entry = strcmp(tree_row_name(n->row), "*") == 0;
 
 	if (!n->is_dir) {
-		clear_file(r, c, n->row, n->src);
+		clear_file(r, c, n->row, n->src, false);
 	} else if (n->row->kind == TREE_RAW_DIR) {
 		clear_key(r, c, n->src, true);
 		clear_listing_of(r, c, n->src);
