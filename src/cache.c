@@ -43,7 +43,7 @@ struct blob *blob_new(const char *data, size_t len)
 		b->annex[i].destroy = NULL;
 	}
 	b->len = len;
-	b->fetched = time(NULL);
+	clock_gettime(CLOCK_REALTIME, &b->fetched);
 	if (len)
 		memcpy(b->data, data, len);
 	b->data[len] = '\0';

@@ -27,7 +27,9 @@ struct blob_annex {
 struct blob {
 	atomic_uint refs;
 	size_t len;
-	time_t fetched; /* wall-clock time of the fetch, for st_mtime */
+	struct timespec fetched; /* when it was fetched (st_mtime): a new fetch
+				  * is a new mtime, which tells the kernel to
+				  * drop its pages */
 	struct blob_annex annex[BLOB_ANNEX_SLOTS];
 	char data[]; /* len bytes, then a NUL not counted in len */
 };

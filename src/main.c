@@ -23,7 +23,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/mount.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 
 #define DEFAULT_ENDPOINT      "http://169.254.169.254"
@@ -82,16 +86,16 @@ static void usage(const char *prog)
 	       "  -d, -o debug           debug logging (never values or secrets)\n"
 	       "  -h, --help             this text\n"
 	       "  -V, --version          the version\n"
-	       "  -o endpoint=URL        IMDS base URL (default %s,\n"
-	       "                         or $AWS_EC2_METADATA_SERVICE_ENDPOINT)\n"
-	       "  -o endpoint_mode=MODE  ipv4 or ipv6 (ipv6: %s;\n"
-	       "                         or $AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE)\n"
+	       "  -o endpoint=URL        IMDS base URL (default %s)\n"
+	       "  -o endpoint_mode=MODE  ipv4 or ipv6 (ipv6: %s)\n"
 	       "  -o token_ttl=SECONDS   token lifetime asked for, 1..%d (default 21600)\n"
-	       "  -o timeout=MS          per-request limit (default 1000)\n"
-	       "  -o retries=N           retries of transient failures (default 3)\n"
+	       "  -o timeout=MS          per-request limit, 1..600000 (default 1000)\n"
+	       "  -o retries=N           retries of transient failures, 0..10 (default 3)\n"
 	       "  -o hide_sensitive      leave credentials and user data out of the tree\n"
 	       "  -o allow_other, ...    FUSE mount options are passed through\n"
 	       "\n"
+	       "Environment: AWS_EC2_METADATA_SERVICE_ENDPOINT,\n"
+	       "AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE, AWS_EC2_METADATA_DISABLED.\n"
 	       "See imdsfs(8).\n",
 	       prog, DEFAULT_ENDPOINT, DEFAULT_ENDPOINT_IPV6, FETCH_TOKEN_TTL_MAX);
 }
@@ -142,8 +146,9 @@ static long parse_number(const char *name, const char *text, long min, long max)
 }
 
 /* http://host[:port] with an optional trailing '/', nothing else. Returns
- * a malloc'd copy without the '/' or NULL. */
-static char *check_endpoint(const char *url)
+ * a malloc'd copy without the '/', or NULL after one line on stderr that
+ * names `what` (the option or variable it came from). */
+static char *check_endpoint(const char *what, const char *url)
 {
 	const char *host = url + strlen("http://"), *p;
 	size_t n;
@@ -183,7 +188,7 @@ static char *check_endpoint(const char *url)
 		copy[n - 1] = '\0';
 	return copy;
 bad:
-	fprintf(stderr, "imdsfs: bad endpoint '%s': expected http://HOST[:PORT]\n", url);
+	fprintf(stderr, "imdsfs: bad %s '%s': expected http://HOST[:PORT]\n", what, url);
 	return NULL;
 }
 
@@ -194,27 +199,241 @@ static bool env_is_true(const char *name)
 	return v && strcasecmp(v, "true") == 0;
 }
 
-/* The endpoint: the option, else the environment, else by mode. */
+/* ipv4 or ipv6 (any case) → its fixed URL; NULL for anything else. */
+static const char *mode_endpoint(const char *mode)
+{
+	if (strcasecmp(mode, "ipv4") == 0)
+		return DEFAULT_ENDPOINT;
+	if (strcasecmp(mode, "ipv6") == 0)
+		return DEFAULT_ENDPOINT_IPV6;
+	return NULL;
+}
+
+/*
+ * The endpoint, most explicit first: the endpoint option, the endpoint_mode
+ * option, $AWS_EC2_METADATA_SERVICE_ENDPOINT, then
+ * $AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE (an endpoint beats a mode, as in
+ * the AWS SDKs; a command line beats the environment). Every value given is
+ * checked, used or not, so that a typo never passes silently. Returns a
+ * malloc'd URL, or NULL after one line on stderr.
+ */
 static char *choose_endpoint(const struct options *o)
 {
-	const char *mode = o->endpoint_mode ? o->endpoint_mode
-					     : getenv("AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE");
-	const char *url = o->endpoint ? o->endpoint : getenv("AWS_EC2_METADATA_SERVICE_ENDPOINT");
+	const char *env_url = getenv("AWS_EC2_METADATA_SERVICE_ENDPOINT");
+	const char *env_mode = getenv("AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE");
+	const char *by_opt_mode = NULL, *by_env_mode = NULL;
+	char *url = NULL, *env_checked = NULL;
 
-	if (url && *url)
-		return check_endpoint(url);
-	if (!mode || !*mode || strcasecmp(mode, "ipv4") == 0)
-		return strdup(DEFAULT_ENDPOINT);
-	if (strcasecmp(mode, "ipv6") == 0)
-		return strdup(DEFAULT_ENDPOINT_IPV6);
-	fprintf(stderr, "imdsfs: bad endpoint_mode '%s': expected ipv4 or ipv6\n", mode);
+	if (o->endpoint_mode && !(by_opt_mode = mode_endpoint(o->endpoint_mode))) {
+		fprintf(stderr, "imdsfs: bad endpoint_mode '%s': expected ipv4 or ipv6\n",
+			o->endpoint_mode);
+		return NULL;
+	}
+	if (env_mode && *env_mode && !(by_env_mode = mode_endpoint(env_mode))) {
+		fprintf(stderr,
+			"imdsfs: bad AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE '%s': expected "
+			"IPv4 or IPv6\n",
+			env_mode);
+		return NULL;
+	}
+	if (env_url && *env_url &&
+	    !(env_checked = check_endpoint("AWS_EC2_METADATA_SERVICE_ENDPOINT", env_url)))
+		return NULL;
+	if (o->endpoint)
+		url = check_endpoint("endpoint", o->endpoint);
+	else if (by_opt_mode)
+		url = strdup(by_opt_mode);
+	else if (env_checked)
+		url = strdup(env_checked);
+	else
+		url = strdup(by_env_mode ? by_env_mode : DEFAULT_ENDPOINT);
+	free(env_checked);
+	return url;
+}
+
+/* Undo the octal escapes of /proc/self/mountinfo (\040 for a space) in place. */
+static void unescape_mountinfo(char *s)
+{
+	char *out = s;
+
+	while (*s) {
+		if (s[0] == '\\' && s[1] >= '0' && s[1] <= '3' && s[2] >= '0' && s[2] <= '7' &&
+		    s[3] >= '0' && s[3] <= '7') {
+			*out++ = (char)((s[1] - '0') << 6 | (s[2] - '0') << 3 | (s[3] - '0'));
+			s += 4;
+		} else {
+			*out++ = *s++;
+		}
+	}
+	*out = '\0';
+}
+
+/* Whether the topmost mount on the absolute path `dir` is an imdsfs. */
+static bool imdsfs_mounted_at(const char *dir)
+{
+	FILE *f = fopen("/proc/self/mountinfo", "re");
+	char *line = NULL;
+	size_t cap = 0;
+	bool found = false;
+
+	if (!f)
+		return false;
+	/* id parent dev root MOUNTPOINT options [tags...] - TYPE source superopts;
+	 * later lines are mounted on top of earlier ones. */
+	while (getline(&line, &cap, f) > 0) {
+		char *save = NULL, *field, *mnt = NULL, *type = NULL;
+		int i = 0;
+		bool after_dash = false;
+
+		for (field = strtok_r(line, " \n", &save); field;
+		     field = strtok_r(NULL, " \n", &save), i++) {
+			if (i == 4)
+				mnt = field;
+			else if (after_dash) {
+				type = field;
+				break;
+			} else if (i > 5 && strcmp(field, "-") == 0)
+				after_dash = true;
+		}
+		if (!mnt || !type)
+			continue;
+		unescape_mountinfo(mnt);
+		if (strcmp(mnt, dir) == 0)
+			found = strcmp(type, "fuse.imdsfs") == 0;
+	}
+	free(line);
+	fclose(f);
+	return found;
+}
+
+/* The absolute path of `path`, also when it is a dead FUSE mount (whose own
+ * stat fails with ENOTCONN): then its parent is resolved and its name kept.
+ * Returns a malloc'd path or NULL with errno set. */
+static char *absolute_path(const char *path)
+{
+	char *abs = realpath(path, NULL), *copy, *slash, *parent;
+	const char *name;
+
+	if (abs || errno != ENOTCONN)
+		return abs;
+	copy = strdup(path);
+	if (!copy)
+		return NULL;
+	for (size_t n = strlen(copy); n > 1 && copy[n - 1] == '/'; n--)
+		copy[n - 1] = '\0';
+	slash = strrchr(copy, '/');
+	name = slash ? slash + 1 : copy;
+	if (slash == copy)
+		parent = realpath("/", NULL);
+	else if (slash) {
+		*slash = '\0';
+		parent = realpath(copy, NULL);
+	} else {
+		parent = realpath(".", NULL);
+	}
+	if (parent && strcmp(name, ".") != 0 && strcmp(name, "..") != 0 &&
+	    asprintf(&abs, "%s%s%s", parent, strcmp(parent, "/") ? "/" : "", name) < 0)
+		abs = NULL;
+	if (!abs)
+		errno = ENOTCONN;
+	free(parent);
+	free(copy);
+	return abs;
+}
+
+/*
+ * Check the mount point before mounting, so that a mistake gets one clear
+ * line instead of libfuse's. It must be a directory. A live imdsfs mount
+ * there is refused: FUSE would stack a second daemon on top of it and hide
+ * the first. A dead imdsfs mount there (its daemon was killed: "Transport
+ * endpoint is not connected") is detached, so that a restart after a crash
+ * works. Returns the absolute path to mount on (malloc'd: the daemon chdirs
+ * to / and must unmount the same place), or NULL after one line on stderr.
+ */
+static char *prepare_mountpoint(const char *mountpoint)
+{
+	struct statfs sfs;
+	struct stat st;
+	char *abs = absolute_path(mountpoint);
+
+	if (!abs) {
+		fprintf(stderr, "imdsfs: cannot mount on %s: %s\n", mountpoint, strerror(errno));
+		return NULL;
+	}
+	/* statfs, not stat: the kernel may answer a stat of a dead FUSE mount
+	 * from its attribute cache, but always asks the daemon for statfs. */
+	if (statfs(abs, &sfs) != 0 && errno == ENOTCONN) {
+		if (!imdsfs_mounted_at(abs)) {
+			fprintf(stderr,
+				"imdsfs: cannot mount on %s: another FUSE file system there is "
+				"dead (unmount it: fusermount3 -u -z %s)\n",
+				mountpoint, abs);
+			goto fail;
+		}
+		if (umount2(abs, MNT_DETACH) != 0) {
+			fprintf(stderr,
+				"imdsfs: cannot mount on %s: a dead imdsfs mount is there and "
+				"cannot be detached (%s); run fusermount3 -u -z %s\n",
+				mountpoint, strerror(errno), abs);
+			goto fail;
+		}
+		log_info("detached the dead imdsfs mount on %s (its daemon had died)", abs);
+	}
+	if (stat(abs, &st) != 0) {
+		fprintf(stderr, "imdsfs: cannot mount on %s: %s\n", mountpoint, strerror(errno));
+		goto fail;
+	}
+	if (!S_ISDIR(st.st_mode)) {
+		fprintf(stderr, "imdsfs: cannot mount on %s: %s\n", mountpoint,
+			strerror(ENOTDIR));
+		goto fail;
+	}
+	if (imdsfs_mounted_at(abs)) {
+		fprintf(stderr,
+			"imdsfs: cannot mount on %s: imdsfs is already mounted there "
+			"(unmount it first: fusermount3 -u %s)\n",
+			mountpoint, abs);
+		goto fail;
+	}
+	return abs;
+fail:
+	free(abs);
 	return NULL;
+}
+
+/*
+ * Tell systemd how we are (Type=notify: "READY=1", "STOPPING=1"), speaking
+ * sd_notify's datagram protocol directly rather than linking libsystemd.
+ * Does nothing when $NOTIFY_SOCKET is not set.
+ */
+static void notify_systemd(const char *state)
+{
+	const char *path = getenv("NOTIFY_SOCKET");
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+	size_t n;
+	int fd;
+
+	if (!path || (path[0] != '/' && path[0] != '@') ||
+	    (n = strlen(path)) >= sizeof(sa.sun_path))
+		return;
+	memcpy(sa.sun_path, path, n);
+	if (sa.sun_path[0] == '@')
+		sa.sun_path[0] = '\0'; /* an abstract socket */
+	fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	if (fd < 0 ||
+	    sendto(fd, state, strlen(state), MSG_NOSIGNAL, (struct sockaddr *)&sa,
+		   (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n)) < 0)
+		log_warning("cannot tell systemd %s: %s", state, strerror(errno));
+	if (fd >= 0)
+		close(fd);
 }
 
 /*
  * Fork; the parent waits until the child's mount answers (the child writes
  * to the pipe from FUSE's init, which runs once the kernel's first request
- * is served) and exits 0, or exits 1 if the child died first.
+ * is served) and exits 0, or exits 1 if the child died first. A child that
+ * is still not ready after READY_WAIT_MS is told to unmount and quit, so
+ * that a non-zero exit never leaves a mount behind.
  */
 static int daemonize(struct imdsfs *fs, const char *mountpoint)
 {
@@ -237,6 +456,7 @@ static int daemonize(struct imdsfs *fs, const char *mountpoint)
 		close(ready[1]);
 		if (poll(&p, 1, READY_WAIT_MS) == 1 && read(ready[0], &c, 1) == 1 && c == '0')
 			_exit(0);
+		kill(pid, SIGTERM);
 		fprintf(stderr, "imdsfs: the daemon did not get %s ready; see syslog\n",
 			mountpoint);
 		_exit(1);
@@ -273,10 +493,9 @@ int main(int argc, char *argv[])
 	struct imdsfs fs = {0};
 	struct fuse_loop_config *loop_config = NULL;
 	struct fuse_session *se = NULL;
-	char *endpoint = NULL;
-	const char *mountpoint;
+	char *endpoint = NULL, *mountpoint = NULL;
 	long ttl = 21600, timeout = 1000, retries = 3;
-	int ret = 1;
+	int ret = 1, res;
 
 	if (fuse_opt_parse(&args, &o, option_spec, on_option) != 0)
 		goto out_args;
@@ -299,7 +518,6 @@ int main(int argc, char *argv[])
 		fprintf(stderr, "imdsfs: no mount point given (try --help)\n");
 		goto out_args;
 	}
-	mountpoint = o.positional[o.npositional - 1];
 	if ((o.token_ttl && (ttl = parse_number("token_ttl", o.token_ttl, 1,
 						 FETCH_TOKEN_TTL_MAX)) < 0) ||
 	    (o.timeout && (timeout = parse_number("timeout", o.timeout, 1, 600000)) < 0) ||
@@ -309,6 +527,9 @@ int main(int argc, char *argv[])
 	if (!endpoint)
 		goto out_args;
 	log_set_debug(o.debug);
+	mountpoint = prepare_mountpoint(o.positional[o.npositional - 1]);
+	if (!mountpoint)
+		goto out_args;
 
 	/* default_permissions always: the file modes are what keep credentials
 	 * from other users and from containers. */
@@ -335,6 +556,11 @@ int main(int argc, char *argv[])
 	if (!se)
 		goto out_state; /* libfuse said why */
 	fs.session = se;
+	/* SIGTERM and SIGINT always unmount cleanly, even when whoever started
+	 * us ignored them (a shell does for `imdsfs -f ... &`): libfuse only
+	 * takes over signals that are at their default. */
+	signal(SIGTERM, SIG_DFL);
+	signal(SIGINT, SIG_DFL);
 	if (fuse_set_signal_handlers(se) != 0)
 		goto out_session;
 	/* SIGHUP clears caches instead of ending the session. */
@@ -344,6 +570,7 @@ int main(int argc, char *argv[])
 	sigaction(SIGHUP, &hup, NULL);
 
 	if (fuse_session_mount(se, mountpoint) != 0) {
+		/* libfuse (or fusermount3) has said why on the line before. */
 		fprintf(stderr, "imdsfs: cannot mount on %s\n", mountpoint);
 		goto out_signals;
 	}
@@ -359,8 +586,20 @@ int main(int argc, char *argv[])
 	 * the ones the cache can answer at once. */
 	fuse_loop_cfg_set_max_threads(loop_config, MAX_WORKER_THREADS);
 	fuse_loop_cfg_set_idle_threads(loop_config, 4);
-	ret = fuse_session_loop_mt(se, loop_config) == 0 ? 0 : 1;
+	/* Under systemd (Type=notify): the mount exists, and the kernel holds
+	 * any request to it until the loop below answers FUSE's init. */
+	if (o.foreground)
+		notify_systemd("READY=1");
+	/* 0 after an unmount, the signal's number after SIGTERM/SIGINT (both
+	 * a clean end), -errno when reading from /dev/fuse failed. */
+	res = fuse_session_loop_mt(se, loop_config);
+	ret = res == 0 || res == SIGTERM || res == SIGINT ? 0 : 1;
 	fuse_loop_cfg_destroy(loop_config);
+	if (o.foreground)
+		notify_systemd("STOPPING=1");
+	if (ret != 0)
+		log_error("the FUSE session ended with an error: %s",
+			  strerror(res < 0 ? -res : EIO));
 	log_info("unmounting %s", mountpoint);
 
 out_unmount:
@@ -377,6 +616,7 @@ out_state:
 	fetch_destroy(fs.resolver.fetcher);
 	fetch_global_cleanup();
 out_args:
+	free(mountpoint);
 	free(endpoint);
 	for (int i = 0; i < o.npositional; i++)
 		free(o.positional[i]);

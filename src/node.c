@@ -5,6 +5,7 @@
  * nothing here blocks.
  */
 #include "node.h"
+#include "cache.h"
 
 #include <pthread.h>
 #include <stdlib.h>
@@ -56,6 +57,7 @@ static void link_all(struct node_table *t, struct node *n)
 
 static void node_free_one(struct node *n)
 {
+	blob_unref(n->held);
 	free(n->name);
 	free(n->src);
 	free(n->base);
@@ -321,6 +323,28 @@ void node_for_each_known(struct node_table *t, void (*fn)(struct node *, void *)
 		if (n->nlookup > 0 || n == t->root)
 			fn(n, ctx);
 	pthread_mutex_unlock(&t->lock);
+}
+
+void node_hold(struct node_table *t, struct node *n, struct blob *content)
+{
+	struct blob *old;
+
+	blob_ref(content);
+	pthread_mutex_lock(&t->lock);
+	old = n->held;
+	n->held = content;
+	pthread_mutex_unlock(&t->lock);
+	blob_unref(old);
+}
+
+struct blob *node_held(struct node_table *t, struct node *n)
+{
+	struct blob *b;
+
+	pthread_mutex_lock(&t->lock);
+	b = n->held ? blob_ref(n->held) : NULL;
+	pthread_mutex_unlock(&t->lock);
+	return b;
 }
 
 size_t node_count(struct node_table *t)

@@ -27,6 +27,7 @@ struct node {
 	bool is_dir;
 
 	/* Owned by the table's lock. */
+	struct blob *held; /* the bytes this inode shows (see node_hold) */
 	bool attached;
 	uint64_t nlookup;
 	unsigned int children; /* child nodes whose parent pointer is this node */
@@ -83,6 +84,16 @@ size_t node_detach_all(struct node_table *table, char ***names);
  * lock: fn must not block or call back into the table. */
 void node_for_each_known(struct node_table *table, void (*fn)(struct node *node, void *ctx),
 			 void *ctx);
+
+struct blob;
+
+/*
+ * The bytes a file node shows the kernel: kept from the lookup (or the last
+ * refresh) so that reads of one inode serve one value. node_hold replaces
+ * them (taking a reference); node_held returns a new reference or NULL.
+ */
+void node_hold(struct node_table *table, struct node *node, struct blob *content);
+struct blob *node_held(struct node_table *table, struct node *node);
 
 /* Nodes alive (for tests and leak checks). */
 size_t node_count(struct node_table *table);

@@ -401,8 +401,15 @@ static void fill_attr(const struct node_spec *spec, const struct blob *content,
 	}
 }
 
+void resolve_attr_of(const struct node *n, const struct blob *content, struct resolve_attr *attr)
+{
+	struct node_spec spec = {.row = n->row, .src = n->src, .is_dir = n->is_dir};
+
+	fill_attr(&spec, content, attr);
+}
+
 int resolve_lookup(struct resolver *r, struct node *dir, const char *name, struct node **out,
-		   struct resolve_attr *attr)
+		   struct resolve_attr *attr, struct blob **content_out)
 {
 	struct node_spec spec = {0};
 	const struct tree_listing *l;
@@ -414,6 +421,8 @@ int resolve_lookup(struct resolver *r, struct node *dir, const char *name, struc
 	int err = 0;
 
 	*out = NULL;
+	if (content_out)
+		*content_out = NULL;
 	if (!tree_name_is_valid(name, strlen(name)))
 		return -ENOENT;
 
@@ -449,7 +458,7 @@ int resolve_lookup(struct resolver *r, struct node *dir, const char *name, struc
 	}
 
 	struct node probe = {.row = spec.row, .src = (char *)spec.src, .is_dir = spec.is_dir};
-	if (!spec.is_dir && !resolve_is_volatile(&probe))
+	if (!spec.is_dir)
 		err = resolve_content(r, &probe, &content); /* st_size must be exact */
 	else if (row)
 		err = check_present(r, row, spec.src);
@@ -468,23 +477,13 @@ int resolve_lookup(struct resolver *r, struct node *dir, const char *name, struc
 		goto out;
 	}
 	fill_attr(&spec, content, attr);
+	if (content_out) {
+		*content_out = content;
+		content = NULL;
+	}
 out:
 	blob_unref(content);
 	spec_free(&spec, base_owned);
-	return err;
-}
-
-int resolve_getattr(struct resolver *r, const struct node *n, struct resolve_attr *attr)
-{
-	struct node_spec spec = {.row = n->row, .src = n->src, .is_dir = n->is_dir};
-	struct blob *content = NULL;
-	int err = 0;
-
-	if (!n->is_dir && !resolve_is_volatile(n))
-		err = resolve_content(r, n, &content);
-	if (!err)
-		fill_attr(&spec, content, attr);
-	blob_unref(content);
 	return err;
 }
 

@@ -26,22 +26,24 @@ struct resolver {
 
 struct resolve_attr {
 	bool is_dir;
-	bool is_volatile;  /* fetched on every open; size 0 */
+	bool is_volatile;  /* fetched on every lookup, never cached */
 	bool is_sensitive; /* mode 0400 */
 	size_t size;
-	time_t mtime; /* when the value was fetched; 0 when unknown */
+	struct timespec mtime; /* when the value was fetched; 0 when unknown */
 };
 
 /*
  * Look `name` up in `dir`: 0 with a node holding one new lookup reference,
- * or -errno (-ENOENT when IMDS has no such value). A non-volatile file's
- * value is fetched to know its size. Blocks on IMDS on a cache miss.
+ * or -errno (-ENOENT when IMDS has no such value). A file's value is
+ * fetched (from the cache unless volatile) to know its size, and handed
+ * back in *content when content is not NULL. Blocks on IMDS on a miss.
  */
 int resolve_lookup(struct resolver *r, struct node *dir, const char *name, struct node **out,
-		   struct resolve_attr *attr);
+		   struct resolve_attr *attr, struct blob **content);
 
-/* The attributes of a node (fetching a file's value if it was cleared). */
-int resolve_getattr(struct resolver *r, const struct node *node, struct resolve_attr *attr);
+/* The attributes of a node showing `content` (NULL for a directory). */
+void resolve_attr_of(const struct node *node, const struct blob *content,
+		     struct resolve_attr *attr);
 
 /* The bytes a file holds: 0 and a blob reference, or -errno. Volatile
  * values are fetched every time. */

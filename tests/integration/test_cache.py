@@ -865,6 +865,14 @@ def test_sighup_with_open_file(mocked):
 
 # --- writes ---------------------------------------------------------------
 
+def write_one_byte(path, flags):
+    fd = os.open(path, flags)
+    try:
+        os.write(fd, b"x")
+    finally:
+        os.close(fd)
+
+
 def test_writes_refused_change_nothing(mocked):
     mock, mnt = mocked
     want = mnt.read("instance_id")
@@ -872,7 +880,9 @@ def test_writes_refused_change_nothing(mocked):
     refused = (errno.EROFS, errno.EPERM)
     attempts = [
         ("open for write", lambda: open(p, "wb")),
-        ("open O_RDWR", lambda: os.open(p, os.O_RDWR)),
+        # Root may open for writing (the kernel opens files itself); the
+        # write is what must fail.
+        ("write via O_RDWR", lambda: write_one_byte(p, os.O_RDWR)),
         ("truncate", lambda: os.truncate(p, 0)),
         ("create", lambda: open(mnt.p("new_file"), "wb")),
         ("mkdir", lambda: os.mkdir(mnt.p("new_dir"))),

@@ -650,14 +650,25 @@ def _open_close(path, flags, mode=0o644):
     os.close(fd)
 
 
+def _open_write(path, flags):
+    """SPEC refuses the write. Root may be able to open for writing (the
+    kernel opens files itself, without asking the daemon), but the write
+    itself must fail, and nothing may change."""
+    fd = os.open(path, flags)
+    try:
+        os.write(fd, b"x")
+    finally:
+        os.close(fd)
+
+
 WRITES = [
-    ("open O_WRONLY", lambda p: _open_close(p("region"), os.O_WRONLY)),
-    ("open O_RDWR", lambda p: _open_close(p("region"), os.O_RDWR)),
-    ("open O_WRONLY|O_APPEND", lambda p: _open_close(p("region"), os.O_WRONLY | os.O_APPEND)),
+    ("write via open O_WRONLY", lambda p: _open_write(p("region"), os.O_WRONLY)),
+    ("write via open O_RDWR", lambda p: _open_write(p("region"), os.O_RDWR)),
+    ("write via open O_WRONLY|O_APPEND", lambda p: _open_write(p("region"), os.O_WRONLY | os.O_APPEND)),
     ("open O_WRONLY|O_TRUNC", lambda p: _open_close(p("region"), os.O_WRONLY | os.O_TRUNC)),
     ("open O_RDONLY|O_TRUNC", lambda p: _open_close(p("region"), os.O_RDONLY | os.O_TRUNC)),
-    ("open existing O_CREAT|O_WRONLY", lambda p: _open_close(p("region"),
-                                                             os.O_CREAT | os.O_WRONLY)),
+    ("write via open existing O_CREAT|O_WRONLY", lambda p: _open_write(p("region"),
+                                                                       os.O_CREAT | os.O_WRONLY)),
     ("create new file", lambda p: _open_close(p("new-file"), os.O_CREAT | os.O_WRONLY | os.O_EXCL)),
     ("create new file in tags/", lambda p: _open_close(p("tags", "NewTag"),
                                                        os.O_CREAT | os.O_WRONLY | os.O_EXCL)),
