@@ -527,9 +527,6 @@ int main(int argc, char *argv[])
 	if (!endpoint)
 		goto out_args;
 	log_set_debug(o.debug);
-	mountpoint = prepare_mountpoint(o.positional[o.npositional - 1]);
-	if (!mountpoint)
-		goto out_args;
 
 	/* default_permissions always: the file modes are what keep credentials
 	 * from other users and from containers. */
@@ -569,6 +566,11 @@ int main(int argc, char *argv[])
 	sigemptyset(&hup.sa_mask);
 	sigaction(SIGHUP, &hup, NULL);
 
+	/* Last before mounting, as it may detach a dead mount: every option
+	 * has been accepted by now. */
+	mountpoint = prepare_mountpoint(o.positional[o.npositional - 1]);
+	if (!mountpoint)
+		goto out_signals;
 	if (fuse_session_mount(se, mountpoint) != 0) {
 		/* libfuse (or fusermount3) has said why on the line before. */
 		fprintf(stderr, "imdsfs: cannot mount on %s\n", mountpoint);

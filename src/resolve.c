@@ -63,16 +63,13 @@ static const struct tree_listing empty_listing;
  * result is borrowed from *holder, which the caller releases with
  * blob_unref(). On error *holder is NULL.
  */
-static int get_listing(struct resolver *r, const char *path, enum tree_keys keys, bool raw,
-		       struct blob **holder, const struct tree_listing **out)
+static int parse_kept(const char *path, enum tree_keys keys, bool raw, struct blob **holder,
+		      const struct tree_listing **out)
 {
 	unsigned int slot = (unsigned int)keys * 2 + raw;
 	struct tree_listing *l;
-	int err = get_body(r, path, holder);
+	int err;
 
-	*out = NULL;
-	if (err)
-		return err;
 	l = blob_annex_get(*holder, slot);
 	if (!l) {
 		l = calloc(1, sizeof(*l));
@@ -88,6 +85,15 @@ static int get_listing(struct resolver *r, const char *path, enum tree_keys keys
 	}
 	*out = l;
 	return 0;
+}
+
+static int get_listing(struct resolver *r, const char *path, enum tree_keys keys, bool raw,
+		       struct blob **holder, const struct tree_listing **out)
+{
+	int err = get_body(r, path, holder);
+
+	*out = NULL;
+	return err ? err : parse_kept(path, keys, raw, holder, out);
 }
 
 static bool child_is_volatile(const char *dir, const char *name)
@@ -222,9 +228,26 @@ static int fill_content(void *ctx, struct blob **out)
 	return err;
 }
 
+/* The value at `path` formatted as `row` says, cached under
+ * "path#format:field" unless volatile. */
+static int get_formatted(struct resolver *r, const struct tree_row *row, const char *path,
+			 struct blob **out)
+{
+	struct content_fill f = {r, row, path};
+	char *key;
+	int err;
+
+	if (asprintf(&key, "%s#%s:%s", path, format_tag(row->format), row->field ? row->field : "") <
+	    0)
+		return -ENOMEM;
+	err = cache_get(r->cache, key, !tree_path_is_volatile(path), fill_content, &f, out);
+	free(key);
+	return err;
+}
+
 int resolve_content(struct resolver *r, const struct node *file, struct blob **out)
 {
-	char *path = NULL, *key = NULL;
+	char *path = NULL;
 	int err;
 
 	*out = NULL;
@@ -233,21 +256,11 @@ int resolve_content(struct resolver *r, const struct node *file, struct blob **o
 	if (file->row->kind == TREE_RAW_FILE || file->row->format == TREE_BYTES)
 		return get_body(r, file->src, out);
 
-	if (file->row->flags & TREE_VIA_ROLE) {
-		err = role_path(r, file->src, &path);
-		if (err)
-			return err;
-	} else if (!(path = strdup(file->src))) {
-		return -ENOMEM;
-	}
-	if (asprintf(&key, "%s#%s:%s", path, format_tag(file->row->format),
-		     file->row->field ? file->row->field : "") < 0) {
-		free(path);
-		return -ENOMEM;
-	}
-	struct content_fill f = {r, file->row, path};
-	err = cache_get(r->cache, key, !tree_path_is_volatile(path), fill_content, &f, out);
-	free(key);
+	if (!(file->row->flags & TREE_VIA_ROLE))
+		return get_formatted(r, file->row, file->src, out);
+	err = role_path(r, file->src, &path);
+	if (!err)
+		err = get_formatted(r, file->row, path, out);
 	free(path);
 	return err;
 }
@@ -369,7 +382,17 @@ static void spec_free(struct node_spec *spec, bool base_owned)
 static int mapping_keys(struct resolver *r, const struct node *dir, struct blob **holder,
 			const struct tree_listing **l)
 {
-	int err = get_listing(r, dir->src, dir->row->keys, false, holder, l);
+	/* Keys that are a list's lines (public-ipv4s) come from that list as
+	 * its file shows it, so the two share one cache entry and one GET. */
+	static const struct tree_row list_file = {.format = TREE_TEXT, .flags = TREE_EMPTY_ON_404};
+	int err;
+
+	if (dir->row->keys == TREE_KEYS_LINES) {
+		err = get_formatted(r, &list_file, dir->src, holder);
+		*l = NULL;
+		return err ? err : parse_kept(dir->src, TREE_KEYS_LINES, false, holder, l);
+	}
+	err = get_listing(r, dir->src, dir->row->keys, false, holder, l);
 
 	/* An empty mapping is an empty directory. */
 	if (err == -ENOENT && dir->row->presence == TREE_ALWAYS) {
