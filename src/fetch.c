@@ -51,8 +51,10 @@ struct fetcher {
 	struct timespec token_expires; /* CLOCK_MONOTONIC */
 	bool token_fetching;
 	unsigned long token_round; /* bumped when a token request ends */
+	bool token_round_ok;	   /* the last token request got a token */
 	int token_error;	   /* how the last token request failed */
 	bool token_error_transient;
+	char token_reason[CURL_ERROR_SIZE + 32];
 };
 
 /* What one HTTP exchange came to. */
@@ -359,7 +361,9 @@ static long long refresh_margin_ms(const struct fetcher *f)
 	return half < 60000 ? half : 60000;
 }
 
-/* PUT a new token and publish it; wakes every thread that waited for it. */
+/* PUT a new token and publish the outcome of this round; wakes every
+ * thread that waited for it. Logs nothing: the reader's fetch_get() says
+ * once why it failed. */
 static void request_token(struct fetcher *f, struct handle *h, long long budget_ms)
 {
 	struct body body = {0};
@@ -387,23 +391,21 @@ static void request_token(struct fetcher *f, struct handle *h, long long budget_
 		snprintf(o.reason, sizeof(o.reason), "HTTP 404 (no IMDSv2 token service)");
 	}
 	free(body.data);
+	if (!token)
+		log_debug("token request (PUT /latest/api/token): %s", o.reason);
 
 	pthread_mutex_lock(&f->token_lock);
+	f->token_round_ok = token != NULL;
 	if (token) {
 		free(f->token);
 		f->token = token;
 		now_monotonic(&f->token_expires);
 		add_ms(&f->token_expires, (long long)f->token_ttl * 1000);
+		f->token_error = 0;
 	} else {
 		f->token_error = o.err;
 		f->token_error_transient = o.transient;
-		if (o.err == -ETIMEDOUT)
-			log_warning("token request (PUT /latest/api/token) timed out: %s; "
-				    "in a container, the instance may need "
-				    "http-put-response-hop-limit >= 2",
-				    o.reason);
-		else
-			log_warning("token request (PUT /latest/api/token) failed: %s", o.reason);
+		snprintf(f->token_reason, sizeof(f->token_reason), "%s", o.reason);
 	}
 	f->token_fetching = false;
 	f->token_round++;
@@ -411,59 +413,89 @@ static void request_token(struct fetcher *f, struct handle *h, long long budget_
 	pthread_mutex_unlock(&f->token_lock);
 }
 
+/* Under token_lock: a copy of the token if it has not expired yet. */
+static int copy_live_token(struct fetcher *f, char **out)
+{
+	if (!f->token || ms_until(&f->token_expires) <= 0)
+		return -ENOENT;
+	*out = strdup(f->token);
+	return *out ? 0 : -ENOMEM;
+}
+
+/* Under token_lock: how the last round failed, for the caller. */
+static int round_failed(struct fetcher *f, bool *transient, char *reason, size_t size)
+{
+	*transient = f->token_error_transient;
+	snprintf(reason, size, "%s", f->token_reason);
+	return f->token_error ? f->token_error : -EIO;
+}
+
 /*
  * Get a copy of a usable token, requesting one when needed. Only one thread
- * requests at a time; the others wait for its result (or use the old token
- * while it is still valid). Returns 0 or -errno with *transient set.
+ * requests at a time; the others wait for its round (or use the old token
+ * while it is still valid). One round per call at most: a failed round ends
+ * the call (with the old token if it has not expired), so a reader is never
+ * held past its deadline. Returns 0 with *out set, or -errno with
+ * *transient and `reason` set.
  */
 static int acquire_token(struct fetcher *f, struct handle *h, const struct timespec *deadline,
-			 char **out, bool *transient)
+			 char **out, bool *transient, char *reason, size_t reason_size)
 {
-	int err = 0;
+	int err;
 
 	*out = NULL;
 	*transient = false;
+	reason[0] = '\0';
 	pthread_mutex_lock(&f->token_lock);
 	for (;;) {
 		long long left = f->token ? ms_until(&f->token_expires) : 0;
 
 		if (f->token && (left > refresh_margin_ms(f) || (left > 0 && f->token_fetching))) {
-			*out = strdup(f->token);
-			err = *out ? 0 : -ENOMEM;
+			err = copy_live_token(f, out);
 			break;
 		}
+		if (ms_until(deadline) <= 0) {
+			err = -ETIMEDOUT;
+			*transient = true;
+			snprintf(reason, reason_size, "no time left to wait for a token");
+			break;
+		}
+		unsigned long round = f->token_round;
 		if (!f->token_fetching) {
 			f->token_fetching = true;
 			pthread_mutex_unlock(&f->token_lock);
 			request_token(f, h, ms_until(deadline));
 			pthread_mutex_lock(&f->token_lock);
-			if (!f->token) {
-				err = f->token_error;
-				*transient = f->token_error_transient;
+		} else {
+			while (f->token_fetching && round == f->token_round) {
+				struct timespec until;
+				/* cond waits on CLOCK_REALTIME by default. */
+				clock_gettime(CLOCK_REALTIME, &until);
+				add_ms(&until, ms_until(deadline) > 0 ? ms_until(deadline) : 0);
+				if (pthread_cond_timedwait(&f->token_cond, &f->token_lock,
+							   &until) == ETIMEDOUT)
+					break;
+			}
+			if (round == f->token_round) {
+				err = -ETIMEDOUT;
+				*transient = true;
+				snprintf(reason, reason_size, "timed out waiting for a token");
 				break;
 			}
+		}
+		if (f->token_round_ok) {
+			/* A new token (unless SIGHUP or a 401 dropped it at once:
+			 * then loop, bounded by the deadline). */
+			err = copy_live_token(f, out);
+			if (err != -ENOENT)
+				break;
 			continue;
 		}
-		unsigned long round = f->token_round;
-		while (f->token_fetching && round == f->token_round) {
-			struct timespec until;
-			/* cond waits on CLOCK_REALTIME by default; convert the budget. */
-			clock_gettime(CLOCK_REALTIME, &until);
-			add_ms(&until, ms_until(deadline) > 0 ? ms_until(deadline) : 0);
-			if (pthread_cond_timedwait(&f->token_cond, &f->token_lock, &until) ==
-			    ETIMEDOUT)
-				break;
-		}
-		if (f->token_fetching && round == f->token_round) {
-			err = -ETIMEDOUT;
-			*transient = true;
-			break;
-		}
-		if (!f->token) {
-			err = f->token_error;
-			*transient = f->token_error_transient;
-			break;
-		}
+		/* The round failed: the old token serves while it lives. */
+		err = copy_live_token(f, out);
+		if (err)
+			err = round_failed(f, transient, reason, reason_size);
+		break;
 	}
 	pthread_mutex_unlock(&f->token_lock);
 	return err;
@@ -520,11 +552,11 @@ int fetch_get(struct fetcher *f, const char *path, char **out, size_t *out_len)
 		if (ms_until(&deadline) <= 0)
 			break;
 
-		o.err = acquire_token(f, h, &deadline, &token, &transient);
+		o.err = acquire_token(f, h, &deadline, &token, &transient, o.reason,
+				      sizeof(o.reason));
 		if (o.err) {
 			token_failed = true;
 			o.transient = transient;
-			snprintf(o.reason, sizeof(o.reason), "no token: %s", strerror(-o.err));
 			if (!transient)
 				break;
 			continue;
@@ -554,9 +586,14 @@ int fetch_get(struct fetcher *f, const char *path, char **out, size_t *out_len)
 	free(body.data);
 	if (o.err == -ENOENT) {
 		log_debug("GET /latest/%s: not found", path);
+	} else if (token_failed && o.err == -ETIMEDOUT) {
+		log_warning("token request (PUT /latest/api/token) timed out (%s) reading "
+			    "/latest/%s; in a container, the instance may need "
+			    "http-put-response-hop-limit >= 2",
+			    o.reason, path);
 	} else if (token_failed) {
-		/* request_token() already said why, once per token request. */
-		log_debug("GET /latest/%s: no token", path);
+		log_warning("token request (PUT /latest/api/token) failed (%s) reading /latest/%s",
+			    o.reason, path);
 	} else {
 		log_warning("GET /latest/%s failed: %s%s", path, o.reason,
 			    o.transient ? " (after retries)" : "");

@@ -1,12 +1,11 @@
 /*
  * fs: FUSE low-level operations for imdsfs.
  *
- * Files are never opened here (FUSE_CAP_NO_OPEN_SUPPORT): the kernel keeps
- * their pages, so a warm read costs what a tmpfs read costs. Each inode
- * holds the value it shows (node_hold), so reads never mix an old value and
- * a new one. Volatile files have zero entry and attribute timeouts: every
- * open's path walk sends a lookup, which fetches the value afresh, and its
- * new mtime makes the kernel drop the old pages (auto_inval_data).
+ * Files are opened with keep_cache (their bytes change only when we clear
+ * them, and then we invalidate the kernel's copy) or, when volatile, with
+ * direct_io and a value fetched at open. An open file reads from the value
+ * it got at open, so a reader never sees half of an old value and half of a
+ * new one.
  *
  * `rm FILE` and `rmdir DIR` clear caches and then detach the node from its
  * name: the kernel drops the dentry, and the next lookup gets a new inode,
@@ -236,17 +235,8 @@ static void imdsfs_init(void *userdata, struct fuse_conn_info *conn)
 	struct imdsfs *fs = userdata;
 	int err;
 
-	/* A new fetch is a new mtime: with auto_inval_data the kernel then
-	 * drops its pages of the old value (how volatile files stay fresh). */
-	if (conn->capable & FUSE_CAP_AUTO_INVAL_DATA)
-		conn->want |= FUSE_CAP_AUTO_INVAL_DATA;
-	/* Without an open to see O_TRUNC, a truncation must come as setattr
-	 * (refused with EROFS). */
-	conn->want &= ~FUSE_CAP_ATOMIC_O_TRUNC;
-	if (conn->capable & FUSE_CAP_NO_OPEN_SUPPORT) {
-		conn->want |= FUSE_CAP_NO_OPEN_SUPPORT;
-		fs->no_open = true;
-	}
+	/* Values change only when we invalidate them ourselves. */
+	conn->want &= ~FUSE_CAP_AUTO_INVAL_DATA;
 	/* A lookup waiting on IMDS must not hold up lookups of its neighbours. */
 	if (conn->capable & FUSE_CAP_PARALLEL_DIROPS)
 		conn->want |= FUSE_CAP_PARALLEL_DIROPS;
@@ -295,12 +285,9 @@ static void fill_stat(const struct imdsfs *fs, const struct node *n,
 		st->st_blocks = (blkcnt_t)((attr->size + 511) / 512);
 	}
 	st->st_blksize = 4096;
-	if (attr->mtime.tv_sec)
-		st->st_mtim = attr->mtime;
-	else
-		st->st_mtim.tv_sec = fs->started;
-	st->st_atim = st->st_mtim;
-	st->st_ctim = st->st_mtim;
+	st->st_mtime = attr->mtime ? attr->mtime : fs->started;
+	st->st_atime = st->st_mtime;
+	st->st_ctime = st->st_mtime;
 }
 
 static double timeout_for(const struct resolve_attr *attr)
@@ -314,7 +301,6 @@ static void imdsfs_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 	struct node *dir = node_of(fs, parent);
 	struct fuse_entry_param e;
 	struct resolve_attr attr;
-	struct blob *content;
 	struct node *child;
 	int err;
 
@@ -322,14 +308,10 @@ static void imdsfs_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 		fuse_reply_err(req, ENOTDIR);
 		return;
 	}
-	err = resolve_lookup(&fs->resolver, dir, name, &child, &attr, &content);
+	err = resolve_lookup(&fs->resolver, dir, name, &child, &attr);
 	if (err) {
 		fuse_reply_err(req, -err);
 		return;
-	}
-	if (content) {
-		node_hold(fs->resolver.nodes, child, content);
-		blob_unref(content);
 	}
 	memset(&e, 0, sizeof(e));
 	e.ino = node_ino(fs->resolver.nodes, child);
@@ -360,46 +342,29 @@ static void imdsfs_forget_multi(fuse_req_t req, size_t count, struct fuse_forget
 	fuse_reply_none(req);
 }
 
-/*
- * The bytes file `n` shows. Reads serve the value the inode holds, so one
- * inode never mixes two values. A refresh asks the cache again (cheap, and
- * a value someone cleared with rm is fetched anew); a volatile value is
- * fetched by its lookup (every open has one: its entry timeout is 0) and
- * only held after that.
- */
-static int file_content(struct imdsfs *fs, struct node *n, bool refresh, struct blob **out)
-{
-	struct node_table *nodes = fs->resolver.nodes;
-	int err;
-
-	if (!refresh || resolve_is_volatile(n)) {
-		*out = node_held(nodes, n);
-		if (*out)
-			return 0;
-	}
-	err = resolve_content(&fs->resolver, n, out);
-	if (!err)
-		node_hold(nodes, n, *out);
-	return err;
-}
-
 static void imdsfs_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct imdsfs *fs = fs_of(req);
 	struct node *n = node_of(fs, ino);
-	struct blob *content = NULL;
 	struct resolve_attr attr;
 	struct stat st;
+	int err;
 
-	if (!n->is_dir) {
-		int err = file_content(fs, n, true, &content);
-		if (err) {
-			fuse_reply_err(req, -err);
-			return;
+	if (fi && fi->fh && !n->is_dir) {
+		/* An open file's size is that of the value it read. */
+		struct blob *b = (struct blob *)(uintptr_t)fi->fh;
+		err = resolve_getattr(&fs->resolver, n, &attr);
+		if (!err && !attr.is_volatile) {
+			attr.size = b->len;
+			attr.mtime = b->fetched;
 		}
+	} else {
+		err = resolve_getattr(&fs->resolver, n, &attr);
 	}
-	resolve_attr_of(n, content, &attr);
-	blob_unref(content);
+	if (err) {
+		fuse_reply_err(req, -err);
+		return;
+	}
 	fill_stat(fs, n, &attr, &st);
 	fuse_reply_attr(req, &st, timeout_for(&attr));
 }
@@ -425,15 +390,7 @@ static void imdsfs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *f
 		fuse_reply_err(req, EROFS);
 		return;
 	}
-	if (fs->no_open) {
-		/* The kernel then opens every file itself, keeping its page
-		 * cache, and never asks again: a warm read never reaches us. */
-		fuse_reply_err(req, ENOSYS);
-		return;
-	}
-	/* A kernel without no_open support: the open keeps its own value. */
-	err = resolve_is_volatile(n) ? resolve_content(&fs->resolver, n, &content)
-				     : file_content(fs, n, false, &content);
+	err = resolve_content(&fs->resolver, n, &content);
 	if (err) {
 		fuse_reply_err(req, -err);
 		return;
@@ -450,24 +407,15 @@ static void imdsfs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *f
 static void imdsfs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 			struct fuse_file_info *fi)
 {
-	struct imdsfs *fs = fs_of(req);
-	struct blob *b;
-	int err = 0;
+	const struct blob *b = (const struct blob *)(uintptr_t)fi->fh;
 
-	if (fi->fh)
-		b = blob_ref((struct blob *)(uintptr_t)fi->fh);
-	else
-		err = file_content(fs, node_of(fs, ino), false, &b);
-	if (err) {
-		fuse_reply_err(req, -err);
+	if (off < 0 || (size_t)off >= b->len) {
+		fuse_reply_buf(req, NULL, 0);
 		return;
 	}
-	if (off < 0 || (size_t)off >= b->len)
-		fuse_reply_buf(req, NULL, 0);
-	else
-		fuse_reply_buf(req, b->data + off,
-			       size < b->len - (size_t)off ? size : b->len - (size_t)off);
-	blob_unref(b);
+	if (size > b->len - (size_t)off)
+		size = b->len - (size_t)off;
+	fuse_reply_buf(req, b->data + off, size);
 }
 
 static void imdsfs_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
@@ -571,7 +519,7 @@ static void remove_entry(fuse_req_t req, fuse_ino_t parent, const char *name, bo
 	if (!n) {
 		/* The kernel looks names up before removing them, so this is a
 		 * race with another rm; look it up again. */
-		err = resolve_lookup(&fs->resolver, dir, name, &n, &attr, NULL);
+		err = resolve_lookup(&fs->resolver, dir, name, &n, &attr);
 		if (err) {
 			fuse_reply_err(req, -err);
 			return;

@@ -31,7 +31,6 @@ struct imdsfs {
 	time_t started;
 	struct fuse_session *session;
 	int ready_fd; /* written to once the mount answers (daemonizing), or -1 */
-	bool no_open; /* the kernel opens files itself (set in init) */
 
 	/* The housekeeping thread: kernel invalidations and SIGHUP. */
 	int wake[2];
