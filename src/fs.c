@@ -5,7 +5,12 @@
  * them, and then we invalidate the kernel's copy) or, when volatile, with
  * direct_io and a value fetched at open. An open file reads from the value
  * it got at open, so a reader never sees half of an old value and half of a
- * new one.
+ * new one. That value is the one the node holds: the bytes whose size the
+ * kernel was last told (by a lookup or a getattr).
+ *
+ * The daemon does not use FUSE_CAP_NO_OPEN_SUPPORT, which would make warm
+ * reads cheaper still: without an open there is nothing per open file to
+ * hold a value, and a reader could see two values when an rm races it.
  *
  * `rm FILE` and `rmdir DIR` clear caches and then detach the node from its
  * name: the kernel drops the dentry, and the next lookup gets a new inode,
@@ -28,14 +33,16 @@
 #include <unistd.h>
 
 enum notice_kind {
-	NOTICE_INODE, /* drop the kernel's pages and attributes of ino */
-	NOTICE_ENTRY, /* drop the kernel's dentry name in parent */
+	NOTICE_INODE,  /* drop the kernel's pages and attributes of ino */
+	NOTICE_DELETE, /* name in parent (which was child) is gone: drop the
+			* dentry and let the inode go, so its node is forgotten */
 };
 
 struct fs_notice {
 	struct fs_notice *next;
 	enum notice_kind kind;
-	fuse_ino_t ino;
+	fuse_ino_t ino; /* NOTICE_DELETE: the parent */
+	fuse_ino_t child;
 	char *name;
 };
 
@@ -64,23 +71,43 @@ static void wake(int fd, char what)
 	(void)ignored;
 }
 
-static void queue_notice(struct imdsfs *fs, enum notice_kind kind, fuse_ino_t ino, const char *name)
+static struct fs_notice *new_notice(enum notice_kind kind, fuse_ino_t ino, fuse_ino_t child,
+				    const char *name)
 {
 	struct fs_notice *n = calloc(1, sizeof(*n));
 
 	if (!n || (name && !(n->name = strdup(name)))) {
 		free(n);
 		log_warning("out of memory: a kernel cache invalidation was dropped");
-		return;
+		return NULL;
 	}
 	n->kind = kind;
 	n->ino = ino;
+	n->child = child;
+	return n;
+}
+
+/* Hand a list of notices to the housekeeping thread. */
+static void post_notices(struct imdsfs *fs, struct fs_notice *list)
+{
+	if (!list)
+		return;
 	pthread_mutex_lock(&fs->notices_lock);
-	n->next = fs->notices;
-	fs->notices = n;
-	fs->notices_queued++;
+	while (list) {
+		struct fs_notice *n = list;
+		list = n->next;
+		n->next = fs->notices;
+		fs->notices = n;
+		fs->notices_queued++;
+	}
 	pthread_mutex_unlock(&fs->notices_lock);
 	wake(fs->wake[1], WAKE_NOTICES);
+}
+
+static void queue_notice(struct imdsfs *fs, enum notice_kind kind, fuse_ino_t ino,
+			 fuse_ino_t child, const char *name)
+{
+	post_notices(fs, new_notice(kind, ino, child, name));
 }
 
 /* Wait until every notice queued so far has reached the kernel, so that a
@@ -119,8 +146,8 @@ static void send_notices(struct imdsfs *fs)
 		if (fs->session && n->kind == NOTICE_INODE)
 			fuse_lowlevel_notify_inval_inode(fs->session, n->ino, 0, 0);
 		else if (fs->session)
-			fuse_lowlevel_notify_inval_entry(fs->session, n->ino, n->name,
-							 strlen(n->name));
+			fuse_lowlevel_notify_delete(fs->session, n->ino, n->child, n->name,
+						    strlen(n->name));
 		free(n->name);
 		free(n);
 	}
@@ -143,7 +170,38 @@ static void queue_if_covered(struct node *n, void *ctx)
 	if (n->is_dir || n == c->except || resolve_is_volatile(n))
 		return;
 	if (!c->cleared || resolve_cleared_covers(c->cleared, n))
-		queue_notice(c->fs, NOTICE_INODE, node_ino(c->fs->resolver.nodes, n), NULL);
+		queue_notice(c->fs, NOTICE_INODE, node_ino(c->fs->resolver.nodes, n), 0, NULL);
+}
+
+/*
+ * A node unbound below an rm -r'd directory (or by SIGHUP): tell the kernel
+ * the name is gone. Otherwise its inode, still linked as far as the kernel
+ * knows, can sit in the inode cache for long, and the node with the value
+ * it holds would never be forgotten. Not waited for: the kernel needs the
+ * directory's lock, which the rmdir in progress may hold.
+ */
+struct deletes {
+	struct node_table *nodes;
+	struct fs_notice *list;
+};
+
+static void note_delete(struct node *n, void *ctx)
+{
+	struct deletes *d = ctx;
+	struct fs_notice *notice = new_notice(NOTICE_DELETE, node_ino(d->nodes, n->parent),
+					      node_ino(d->nodes, n), n->name);
+
+	if (notice) {
+		notice->next = d->list;
+		d->list = notice;
+	}
+}
+
+static bool shows_cleared(struct node *n, void *ctx)
+{
+	const struct covered *c = ctx;
+
+	return !resolve_is_volatile(n) && resolve_cleared_covers(c->cleared, n);
 }
 
 /* SIGHUP: clear every cache and the token, and make the kernel forget
@@ -151,19 +209,14 @@ static void queue_if_covered(struct node *n, void *ctx)
 static void reload(struct imdsfs *fs)
 {
 	struct covered all = {fs, NULL, NULL};
-	char **names = NULL;
-	size_t count;
+	struct deletes gone = {fs->resolver.nodes, NULL};
 
 	log_info("SIGHUP: clearing every cached value and the token");
+	node_detach_all(fs->resolver.nodes, note_delete, &gone);
 	cache_clear_prefix(fs->resolver.cache, "");
 	fetch_forget_token(fs->resolver.fetcher);
 	node_for_each_known(fs->resolver.nodes, queue_if_covered, &all);
-	count = node_detach_all(fs->resolver.nodes, &names);
-	for (size_t i = 0; i < count; i++) {
-		queue_notice(fs, NOTICE_ENTRY, FUSE_ROOT_ID, names[i]);
-		free(names[i]);
-	}
-	free(names);
+	post_notices(fs, gone.list);
 	send_notices(fs);
 }
 
@@ -285,9 +338,12 @@ static void fill_stat(const struct imdsfs *fs, const struct node *n,
 		st->st_blocks = (blkcnt_t)((attr->size + 511) / 512);
 	}
 	st->st_blksize = 4096;
-	st->st_mtime = attr->mtime ? attr->mtime : fs->started;
-	st->st_atime = st->st_mtime;
-	st->st_ctime = st->st_mtime;
+	if (attr->mtime.tv_sec)
+		st->st_mtim = attr->mtime;
+	else
+		st->st_mtim.tv_sec = fs->started;
+	st->st_atim = st->st_mtim;
+	st->st_ctim = st->st_mtim;
 }
 
 static double timeout_for(const struct resolve_attr *attr)
@@ -301,6 +357,7 @@ static void imdsfs_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 	struct node *dir = node_of(fs, parent);
 	struct fuse_entry_param e;
 	struct resolve_attr attr;
+	struct blob *content;
 	struct node *child;
 	int err;
 
@@ -308,10 +365,16 @@ static void imdsfs_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 		fuse_reply_err(req, ENOTDIR);
 		return;
 	}
-	err = resolve_lookup(&fs->resolver, dir, name, &child, &attr);
+	err = resolve_lookup(&fs->resolver, dir, name, &child, &attr, &content);
 	if (err) {
 		fuse_reply_err(req, -err);
 		return;
+	}
+	if (content) {
+		struct blob *kept = node_hold(fs->resolver.nodes, child, content);
+		resolve_attr_of(child, kept, &attr);
+		blob_unref(kept);
+		blob_unref(content);
 	}
 	memset(&e, 0, sizeof(e));
 	e.ino = node_ino(fs->resolver.nodes, child);
@@ -342,29 +405,46 @@ static void imdsfs_forget_multi(fuse_req_t req, size_t count, struct fuse_forget
 	fuse_reply_none(req);
 }
 
+/*
+ * The value a file shows: the cache's current one, held by the node so
+ * that every open serves exactly the bytes whose size the kernel was told.
+ */
+static int refresh_content(struct imdsfs *fs, struct node *n, struct blob **out)
+{
+	struct blob *fresh;
+	int err = resolve_content(&fs->resolver, n, &fresh);
+
+	if (!err) {
+		*out = node_hold(fs->resolver.nodes, n, fresh);
+		blob_unref(fresh);
+	}
+	return err;
+}
+
 static void imdsfs_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct imdsfs *fs = fs_of(req);
 	struct node *n = node_of(fs, ino);
+	struct blob *content = NULL;
 	struct resolve_attr attr;
 	struct stat st;
-	int err;
+	int err = 0;
 
-	if (fi && fi->fh && !n->is_dir) {
-		/* An open file's size is that of the value it read. */
-		struct blob *b = (struct blob *)(uintptr_t)fi->fh;
-		err = resolve_getattr(&fs->resolver, n, &attr);
-		if (!err && !attr.is_volatile) {
-			attr.size = b->len;
-			attr.mtime = b->fetched;
-		}
-	} else {
-		err = resolve_getattr(&fs->resolver, n, &attr);
+	/* An inode's value never changes (node_supersede): an open file gets
+	 * the size of what it reads; a path stat of a superseded inode gets
+	 * ESTALE, and the kernel looks the name up again. */
+	if (!n->is_dir && !resolve_is_volatile(n)) {
+		if (!(fi && fi->fh) && node_is_superseded(fs->resolver.nodes, n))
+			err = -ESTALE;
+		else if (!(content = node_held(fs->resolver.nodes, n)))
+			err = refresh_content(fs, n, &content);
 	}
 	if (err) {
 		fuse_reply_err(req, -err);
 		return;
 	}
+	resolve_attr_of(n, content, &attr);
+	blob_unref(content);
 	fill_stat(fs, n, &attr, &st);
 	fuse_reply_attr(req, &st, timeout_for(&attr));
 }
@@ -380,7 +460,7 @@ static void imdsfs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *f
 	struct imdsfs *fs = fs_of(req);
 	struct node *n = node_of(fs, ino);
 	struct blob *content;
-	int err;
+	int err = 0;
 
 	if (n->is_dir) {
 		fuse_reply_err(req, EISDIR);
@@ -390,7 +470,17 @@ static void imdsfs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *f
 		fuse_reply_err(req, EROFS);
 		return;
 	}
-	err = resolve_content(&fs->resolver, n, &content);
+	if (node_is_superseded(fs->resolver.nodes, n)) {
+		/* The kernel retries the open with a fresh lookup of the name. */
+		fuse_reply_err(req, ESTALE);
+		return;
+	}
+	/* A volatile value comes fresh; any other, as the kernel last saw it
+	 * (a lookup racing an rm must not pair the old size with new bytes). */
+	if (resolve_is_volatile(n))
+		err = resolve_content(&fs->resolver, n, &content);
+	else if (!(content = node_held(fs->resolver.nodes, n)))
+		err = refresh_content(fs, n, &content);
 	if (err) {
 		fuse_reply_err(req, -err);
 		return;
@@ -504,8 +594,8 @@ static void imdsfs_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_i
 	fuse_reply_err(req, 0);
 }
 
-/* rm and rmdir: clear, detach, and tell the kernel about the other inodes
- * that showed what was cleared. The name stays in the tree. */
+/* rm and rmdir: detach, clear, and tell the kernel about the inodes that
+ * showed what was cleared. The name stays in the tree. */
 static void remove_entry(fuse_req_t req, fuse_ino_t parent, const char *name, bool want_dir)
 {
 	struct imdsfs *fs = fs_of(req);
@@ -513,33 +603,42 @@ static void remove_entry(fuse_req_t req, fuse_ino_t parent, const char *name, bo
 	struct resolve_cleared cleared = {0};
 	struct resolve_attr attr;
 	struct node *n = node_find(fs->resolver.nodes, dir, name);
-	bool looked_up = false;
 	int err = 0;
 
 	if (!n) {
 		/* The kernel looks names up before removing them, so this is a
 		 * race with another rm; look it up again. */
-		err = resolve_lookup(&fs->resolver, dir, name, &n, &attr);
+		err = resolve_lookup(&fs->resolver, dir, name, &n, &attr, NULL);
 		if (err) {
 			fuse_reply_err(req, -err);
 			return;
 		}
-		looked_up = true;
 	}
 	if (n->is_dir != want_dir) {
 		err = want_dir ? ENOTDIR : EISDIR;
 	} else {
-		struct covered others = {fs, &cleared, n};
+		/* The removed inode too: a file still open on it (or opened again
+		 * through /proc/PID/fd) must not keep the old size with new bytes. */
+		struct covered others = {fs, &cleared, NULL};
 
+		/* Detached first: from now on the removed inode keeps the value
+		 * it has, whatever the cleared cache fetches next. */
+		struct deletes gone = {fs->resolver.nodes, NULL};
+
+		node_detach(fs->resolver.nodes, n, note_delete, &gone);
 		resolve_clear(&fs->resolver, n, &cleared);
 		log_debug("rm %s: cleared %zu cache keys", name, cleared.count);
+		/* Other names showing what was cleared get new inodes; the old
+		 * ones keep their values for whoever has them open. */
+		node_supersede_matching(fs->resolver.nodes, shows_cleared, &others);
 		node_for_each_known(fs->resolver.nodes, queue_if_covered, &others);
-		node_detach(fs->resolver.nodes, n);
 		resolve_cleared_free(&cleared);
 		wait_for_notices(fs);
+		/* After the wait: these need the directory lock this request's
+		 * caller holds, and so can only be sent once we have replied. */
+		post_notices(fs, gone.list);
 	}
-	if (looked_up)
-		node_forget(fs->resolver.nodes, n, 1);
+	node_forget(fs->resolver.nodes, n, 1);
 	fuse_reply_err(req, err);
 }
 

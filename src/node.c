@@ -189,12 +189,18 @@ static void maybe_free(struct node_table *t, struct node *n)
 	}
 }
 
-static void detach_locked(struct node_table *t, struct node *n)
+static void detach_locked(struct node_table *t, struct node *n, node_detached_fn each, void *ctx,
+			  bool supersede)
 {
 	if (!n->attached || n == t->root)
 		return;
-	while (n->first_child)
-		detach_locked(t, n->first_child);
+	n->superseded = supersede;
+	while (n->first_child) {
+		struct node *child = n->first_child;
+		if (each && child->nlookup > 0)
+			each(child, ctx);
+		detach_locked(t, child, each, ctx, supersede);
+	}
 
 	struct node **slot = slot_of(t, n->parent, n->name);
 	if (*slot == n)
@@ -227,7 +233,7 @@ struct node *node_child(struct node_table *t, struct node *parent, const char *n
 	n = *slot_of(t, parent, name);
 	if (n && !matches(n, spec)) {
 		/* IMDS changed what this name is (a file became a directory). */
-		detach_locked(t, n);
+		detach_locked(t, n, NULL, NULL, true);
 		n = NULL;
 	}
 	if (!n && parent->attached) {
@@ -271,6 +277,8 @@ struct node *node_find(struct node_table *t, struct node *parent, const char *na
 
 	pthread_mutex_lock(&t->lock);
 	n = *slot_of(t, parent, name);
+	if (n)
+		n->nlookup++;
 	pthread_mutex_unlock(&t->lock);
 	return n;
 }
@@ -283,37 +291,68 @@ void node_forget(struct node_table *t, struct node *n, uint64_t count)
 	pthread_mutex_unlock(&t->lock);
 }
 
-void node_detach(struct node_table *t, struct node *n)
+void node_detach(struct node_table *t, struct node *n, node_detached_fn each, void *ctx)
 {
 	pthread_mutex_lock(&t->lock);
-	detach_locked(t, n);
+	detach_locked(t, n, each, ctx, false);
 	pthread_mutex_unlock(&t->lock);
 }
 
-size_t node_detach_all(struct node_table *t, char ***names)
+void node_supersede(struct node_table *t, struct node *n)
 {
-	size_t n = 0, cap = 0;
-	char **list = NULL;
+	pthread_mutex_lock(&t->lock);
+	detach_locked(t, n, NULL, NULL, true);
+	pthread_mutex_unlock(&t->lock);
+}
 
+void node_supersede_matching(struct node_table *t, bool (*match)(struct node *, void *),
+			     void *ctx)
+{
+	struct node **found = NULL;
+	size_t count = 0, cap = 0;
+
+	pthread_mutex_lock(&t->lock);
+	for (struct node *n = t->all; n; n = n->all_next) {
+		if (!n->attached || n->is_dir || !match(n, ctx))
+			continue;
+		if (count == cap) {
+			size_t grown_cap = cap ? cap * 2 : 8;
+			struct node **grown = realloc(found, grown_cap * sizeof(*grown));
+			if (!grown)
+				break;
+			found = grown;
+			cap = grown_cap;
+		}
+		found[count++] = n;
+	}
+	/* Files have no children: detaching one frees at most itself and
+	 * directories above it, never another entry of `found`. */
+	for (size_t i = 0; i < count; i++)
+		detach_locked(t, found[i], NULL, NULL, true);
+	pthread_mutex_unlock(&t->lock);
+	free(found);
+}
+
+bool node_is_superseded(struct node_table *t, struct node *n)
+{
+	bool superseded;
+
+	pthread_mutex_lock(&t->lock);
+	superseded = n->superseded;
+	pthread_mutex_unlock(&t->lock);
+	return superseded;
+}
+
+void node_detach_all(struct node_table *t, node_detached_fn each, void *ctx)
+{
 	pthread_mutex_lock(&t->lock);
 	while (t->root->first_child) {
 		struct node *child = t->root->first_child;
-		if (names && n == cap) {
-			size_t grown_cap = cap ? cap * 2 : 16;
-			char **grown = realloc(list, grown_cap * sizeof(*grown));
-			if (grown) {
-				list = grown;
-				cap = grown_cap;
-			}
-		}
-		if (names && n < cap && (list[n] = strdup(child->name)))
-			n++;
-		detach_locked(t, child);
+		if (each && child->nlookup > 0)
+			each(child, ctx);
+		detach_locked(t, child, each, ctx, true);
 	}
 	pthread_mutex_unlock(&t->lock);
-	if (names)
-		*names = list;
-	return n;
 }
 
 void node_for_each_known(struct node_table *t, void (*fn)(struct node *, void *), void *ctx)
@@ -325,16 +364,25 @@ void node_for_each_known(struct node_table *t, void (*fn)(struct node *, void *)
 	pthread_mutex_unlock(&t->lock);
 }
 
-void node_hold(struct node_table *t, struct node *n, struct blob *content)
+static bool fetched_before(const struct blob *a, const struct blob *b)
 {
-	struct blob *old;
+	return a->fetched.tv_sec < b->fetched.tv_sec ||
+	       (a->fetched.tv_sec == b->fetched.tv_sec && a->fetched.tv_nsec < b->fetched.tv_nsec);
+}
 
-	blob_ref(content);
+struct blob *node_hold(struct node_table *t, struct node *n, struct blob *content)
+{
+	struct blob *old = NULL, *kept;
+
 	pthread_mutex_lock(&t->lock);
-	old = n->held;
-	n->held = content;
+	if (!n->held || !fetched_before(content, n->held)) {
+		old = n->held;
+		n->held = blob_ref(content);
+	}
+	kept = blob_ref(n->held);
 	pthread_mutex_unlock(&t->lock);
 	blob_unref(old);
+	return kept;
 }
 
 struct blob *node_held(struct node_table *t, struct node *n)
@@ -345,6 +393,16 @@ struct blob *node_held(struct node_table *t, struct node *n)
 	b = n->held ? blob_ref(n->held) : NULL;
 	pthread_mutex_unlock(&t->lock);
 	return b;
+}
+
+bool node_is_attached(struct node_table *t, struct node *n)
+{
+	bool attached;
+
+	pthread_mutex_lock(&t->lock);
+	attached = n->attached;
+	pthread_mutex_unlock(&t->lock);
+	return attached;
 }
 
 size_t node_count(struct node_table *t)

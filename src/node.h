@@ -29,6 +29,7 @@ struct node {
 	/* Owned by the table's lock. */
 	struct blob *held; /* the bytes this inode shows (see node_hold) */
 	bool attached;
+	bool superseded; /* unbound because its value changed (node_supersede) */
 	uint64_t nlookup;
 	unsigned int children; /* child nodes whose parent pointer is this node */
 	struct node *first_child, *next_sibling, *prev_sibling;
@@ -66,19 +67,39 @@ uint64_t node_stable_ino(const struct node *dir, const char *name);
 struct node *node_child(struct node_table *table, struct node *parent, const char *name,
 			const struct node_spec *spec, bool lookup);
 
-/* The attached child `name`, or NULL. The caller must hold a reference
- * (a FUSE lookup count) for the result to stay valid. */
+/* The attached child `name` with one more lookup reference (drop it with
+ * node_forget), or NULL. */
 struct node *node_find(struct node_table *table, struct node *parent, const char *name);
 
 /* The kernel dropped `count` lookup references. */
 void node_forget(struct node_table *table, struct node *node, uint64_t count);
 
-/* Unbind `node` (and everything below it) from its name. */
-void node_detach(struct node_table *table, struct node *node);
+/* Told of each node the kernel knows that a detach unbinds below the one
+ * asked for; called under the table lock (so it must not block or call back
+ * into the table), before the node is unbound. */
+typedef void (*node_detached_fn)(struct node *node, void *ctx);
 
-/* Unbind every child of the root; returns how many names were unbound and,
- * when names is not NULL, a malloc'd array of strdup'd names. */
-size_t node_detach_all(struct node_table *table, char ***names);
+/* Unbind `node` (and everything below it) from its name. */
+void node_detach(struct node_table *table, struct node *node, node_detached_fn each, void *ctx);
+
+/*
+ * Unbind `node` because the value it shows changed under another name (rm
+ * of a raw/ twin, of a value derived from the same document) or by SIGHUP.
+ * Its inode keeps its value for the files open on it, but refuses new
+ * opens and path lookups with ESTALE: the kernel then walks the path again,
+ * revalidating every name, and finds the new node. An inode's value so
+ * never changes, so the kernel's pages and size for it are never wrong.
+ */
+void node_supersede(struct node_table *table, struct node *node);
+bool node_is_superseded(struct node_table *table, struct node *node);
+/* node_supersede every attached file node for which match() says yes
+ * (called under the table lock: it must not block). */
+void node_supersede_matching(struct node_table *table, bool (*match)(struct node *node, void *ctx),
+			     void *ctx);
+
+/* Unbind every child of the root (SIGHUP), superseding them; `each` hears
+ * of all of them. */
+void node_detach_all(struct node_table *table, node_detached_fn each, void *ctx);
 
 /* Call fn for every node the kernel holds (nlookup > 0), under the table
  * lock: fn must not block or call back into the table. */
@@ -88,12 +109,18 @@ void node_for_each_known(struct node_table *table, void (*fn)(struct node *node,
 struct blob;
 
 /*
- * The bytes a file node shows the kernel: kept from the lookup (or the last
- * refresh) so that reads of one inode serve one value. node_hold replaces
- * them (taking a reference); node_held returns a new reference or NULL.
+ * The bytes a file node last showed the kernel (its size came from them):
+ * an open serves these, so that what is read matches the size the kernel
+ * has. node_hold keeps `content` unless the node already holds a value
+ * fetched later (a slow lookup must not bring back an older value), and
+ * returns a new reference to what the node holds. node_held returns a new
+ * reference or NULL. Detaching a directory drops the values held below it
+ * (a removed directory's inodes can linger in the kernel for long).
  */
-void node_hold(struct node_table *table, struct node *node, struct blob *content);
+struct blob *node_hold(struct node_table *table, struct node *node, struct blob *content);
 struct blob *node_held(struct node_table *table, struct node *node);
+/* Whether `node` is still bound to its name (not removed by rm or SIGHUP). */
+bool node_is_attached(struct node_table *table, struct node *node);
 
 /* Nodes alive (for tests and leak checks). */
 size_t node_count(struct node_table *table);

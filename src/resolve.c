@@ -481,7 +481,7 @@ int resolve_lookup(struct resolver *r, struct node *dir, const char *name, struc
 	}
 
 	struct node probe = {.row = spec.row, .src = (char *)spec.src, .is_dir = spec.is_dir};
-	if (!spec.is_dir)
+	if (!spec.is_dir && !resolve_is_volatile(&probe))
 		err = resolve_content(r, &probe, &content); /* st_size must be exact */
 	else if (row)
 		err = check_present(r, row, spec.src);

@@ -26,7 +26,7 @@ struct resolver {
 
 struct resolve_attr {
 	bool is_dir;
-	bool is_volatile;  /* fetched on every lookup, never cached */
+	bool is_volatile;  /* fetched on every open, never cached; size 0 */
 	bool is_sensitive; /* mode 0400 */
 	size_t size;
 	struct timespec mtime; /* when the value was fetched; 0 when unknown */
@@ -34,9 +34,9 @@ struct resolve_attr {
 
 /*
  * Look `name` up in `dir`: 0 with a node holding one new lookup reference,
- * or -errno (-ENOENT when IMDS has no such value). A file's value is
- * fetched (from the cache unless volatile) to know its size, and handed
- * back in *content when content is not NULL. Blocks on IMDS on a miss.
+ * or -errno (-ENOENT when IMDS has no such value). A non-volatile file's
+ * value is fetched (through the cache) to know its size, and handed back in
+ * *content when content is not NULL. Blocks on IMDS on a miss.
  */
 int resolve_lookup(struct resolver *r, struct node *dir, const char *name, struct node **out,
 		   struct resolve_attr *attr, struct blob **content);
