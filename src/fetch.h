@@ -36,9 +36,11 @@ void fetch_destroy(struct fetcher *fetcher);
  * GET /latest/<path>. Blocks for at most about timeout * (retries + 1) plus
  * backoff; holds no lock while the request is in flight. On success returns
  * 0 and a malloc'd body (NUL-terminated for convenience; *len excludes the
- * NUL) that the caller frees. Otherwise returns -ENOENT (404), -EACCES (403),
- * -ETIMEDOUT, -ECONNREFUSED, -EHOSTUNREACH or -EIO, and logs every failure
- * but a 404.
+ * NUL) that the caller frees. Otherwise returns -ENOENT (404), -EACCES (403,
+ * or a 401 that a new token did not cure), -ETIMEDOUT, -ECONNREFUSED,
+ * -EHOSTUNREACH, -EIO or -ENOMEM, and logs one line for every failure but a
+ * 404. The bound holds per call: a lookup that needs a listing and then a
+ * value makes two calls.
  */
 int fetch_get(struct fetcher *fetcher, const char *path, char **body, size_t *len);
 

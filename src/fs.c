@@ -310,15 +310,18 @@ static void imdsfs_init(void *userdata, struct fuse_conn_info *conn)
 	}
 }
 
-static void imdsfs_destroy(void *userdata)
+void fs_stop(struct imdsfs *fs)
 {
-	struct imdsfs *fs = userdata;
-
 	if (fs->housekeeper_running) {
 		wake(fs->wake[1], WAKE_QUIT);
 		pthread_join(fs->housekeeper, NULL);
 		fs->housekeeper_running = false;
 	}
+}
+
+static void imdsfs_destroy(void *userdata)
+{
+	fs_stop(userdata);
 }
 
 static void fill_stat(const struct imdsfs *fs, const struct node *n,

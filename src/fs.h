@@ -49,6 +49,10 @@ extern const struct fuse_lowlevel_ops imdsfs_ops;
 int fs_init_state(struct imdsfs *fs);
 void fs_free_state(struct imdsfs *fs);
 
+/* Stop the housekeeping thread (idempotent): before unmounting, so that
+ * no kernel notification is in flight while /dev/fuse closes. */
+void fs_stop(struct imdsfs *fs);
+
 /*
  * Ask for every cache and the token to be cleared (SIGHUP). Only writes one
  * byte to a pipe, so it is safe in a signal handler; pass the fd from

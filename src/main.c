@@ -596,6 +596,7 @@ int main(int argc, char *argv[])
 	 * a clean end), -errno when reading from /dev/fuse failed. */
 	res = fuse_session_loop_mt(se, loop_config);
 	ret = res == 0 || res == SIGTERM || res == SIGINT ? 0 : 1;
+	fs_stop(&fs);
 	fuse_loop_cfg_destroy(loop_config);
 	if (o.foreground)
 		notify_systemd("STOPPING=1");

@@ -395,22 +395,3 @@ struct blob *node_held(struct node_table *t, struct node *n)
 	return b;
 }
 
-bool node_is_attached(struct node_table *t, struct node *n)
-{
-	bool attached;
-
-	pthread_mutex_lock(&t->lock);
-	attached = n->attached;
-	pthread_mutex_unlock(&t->lock);
-	return attached;
-}
-
-size_t node_count(struct node_table *t)
-{
-	size_t n;
-
-	pthread_mutex_lock(&t->lock);
-	n = t->count;
-	pthread_mutex_unlock(&t->lock);
-	return n;
-}

@@ -119,10 +119,6 @@ struct blob;
  */
 struct blob *node_hold(struct node_table *table, struct node *node, struct blob *content);
 struct blob *node_held(struct node_table *table, struct node *node);
-/* Whether `node` is still bound to its name (not removed by rm or SIGHUP). */
-bool node_is_attached(struct node_table *table, struct node *node);
 
-/* Nodes alive (for tests and leak checks). */
-size_t node_count(struct node_table *table);
 
 #endif

@@ -63,6 +63,9 @@ static const struct tree_listing empty_listing;
  * result is borrowed from *holder, which the caller releases with
  * blob_unref(). On error *holder is NULL.
  */
+/* One annex slot per way of reading a listing. */
+_Static_assert((TREE_KEYS_LINES + 1) * 2 <= BLOB_ANNEX_SLOTS, "a listing mode without a slot");
+
 static int parse_kept(const char *path, enum tree_keys keys, bool raw, struct blob **holder,
 		      const struct tree_listing **out)
 {
@@ -146,13 +149,6 @@ static bool spec_is_sensitive(const struct node_spec *spec)
 	if (spec->row->flags & TREE_VIA_ROLE)
 		return tree_dir_is_sensitive(spec->src);
 	return tree_path_is_sensitive(spec->src);
-}
-
-bool resolve_is_sensitive(const struct node *n)
-{
-	struct node_spec spec = {.row = n->row, .src = n->src, .is_dir = n->is_dir};
-
-	return !n->is_dir && spec_is_sensitive(&spec);
 }
 
 /* Directories of credentials and sensitive files vanish with hide_sensitive. */

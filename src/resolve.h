@@ -80,6 +80,5 @@ bool resolve_cleared_covers(const struct resolve_cleared *cleared, const struct 
 void resolve_cleared_free(struct resolve_cleared *cleared);
 
 bool resolve_is_volatile(const struct node *node);
-bool resolve_is_sensitive(const struct node *node);
 
 #endif
