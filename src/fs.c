@@ -55,6 +55,19 @@ struct fs_notice {
  * directory lock that an unlink in progress holds. */
 #define NOTICE_WAIT_MS 1000
 
+/*
+ * A released file's value is freed a while later, not at once: when a
+ * reader is killed in the middle of a read, the kernel forgets the request
+ * and may send the RELEASE while a worker thread still answers the READ.
+ */
+#define RELEASE_GRACE_MS 2000
+
+struct fs_released {
+	struct fs_released *next;
+	struct blob *blob;
+	struct timespec at;
+};
+
 static struct imdsfs *fs_of(fuse_req_t req)
 {
 	return fuse_req_userdata(req);
@@ -220,6 +233,41 @@ static void reload(struct imdsfs *fs)
 	send_notices(fs);
 }
 
+static long long ms_since(const struct timespec *t)
+{
+	struct timespec now;
+
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	return (long long)(now.tv_sec - t->tv_sec) * 1000 + (now.tv_nsec - t->tv_nsec) / 1000000;
+}
+
+/* Free the released values older than the grace period (all when `all`).
+ * Returns whether some are left. */
+static bool free_released(struct imdsfs *fs, bool all)
+{
+	struct fs_released *old = NULL, **link;
+	bool left;
+
+	pthread_mutex_lock(&fs->notices_lock);
+	/* Newest first: everything after the first old one is old too. */
+	for (link = &fs->released; *link; link = &(*link)->next) {
+		if (all || ms_since(&(*link)->at) >= RELEASE_GRACE_MS) {
+			old = *link;
+			*link = NULL;
+			break;
+		}
+	}
+	left = fs->released != NULL;
+	pthread_mutex_unlock(&fs->notices_lock);
+	while (old) {
+		struct fs_released *r = old;
+		old = r->next;
+		blob_unref(r->blob);
+		free(r);
+	}
+	return left;
+}
+
 static void *housekeeper(void *arg)
 {
 	struct imdsfs *fs = arg;
@@ -228,8 +276,11 @@ static void *housekeeper(void *arg)
 		struct pollfd p = {.fd = fs->wake[0], .events = POLLIN};
 		char what[64];
 		ssize_t n;
+		int rc = poll(&p, 1, free_released(fs, false) ? RELEASE_GRACE_MS / 2 : -1);
 
-		if (poll(&p, 1, -1) < 0) {
+		if (rc == 0)
+			continue;
+		if (rc < 0) {
 			if (errno == EINTR)
 				continue;
 			log_error("housekeeping: poll: %s", strerror(errno));
@@ -271,6 +322,7 @@ int fs_init_state(struct imdsfs *fs)
 
 void fs_free_state(struct imdsfs *fs)
 {
+	free_released(fs, true);
 	while (fs->notices) {
 		struct fs_notice *n = fs->notices;
 		fs->notices = n->next;
@@ -513,7 +565,24 @@ static void imdsfs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 
 static void imdsfs_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
-	blob_unref((struct blob *)(uintptr_t)fi->fh);
+	struct imdsfs *fs = fs_of(req);
+	struct fs_released *r = malloc(sizeof(*r));
+	bool first;
+
+	if (!r) {
+		blob_unref((struct blob *)(uintptr_t)fi->fh);
+		fuse_reply_err(req, 0);
+		return;
+	}
+	r->blob = (struct blob *)(uintptr_t)fi->fh;
+	clock_gettime(CLOCK_MONOTONIC, &r->at);
+	pthread_mutex_lock(&fs->notices_lock);
+	first = fs->released == NULL;
+	r->next = fs->released;
+	fs->released = r;
+	pthread_mutex_unlock(&fs->notices_lock);
+	if (first)
+		wake(fs->wake[1], WAKE_NOTICES); /* start the housekeeper's timer */
 	fuse_reply_err(req, 0);
 }
 

@@ -39,6 +39,7 @@ struct imdsfs {
 	pthread_mutex_t notices_lock;
 	pthread_cond_t notices_sent_cond;
 	struct fs_notice *notices;
+	struct fs_released *released; /* open files' values, freed late */
 	unsigned long notices_queued; /* sequence numbers, under notices_lock */
 	unsigned long notices_sent;
 };
