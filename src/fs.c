@@ -56,7 +56,7 @@ struct fs_notice {
 #define NOTICE_WAIT_MS 1000
 
 /*
- * A released file's value is freed a while later, not at once: when a
+ * A released volatile value is freed a while later, not at once: when a
  * reader is killed in the middle of a read, the kernel forgets the request
  * and may send the RELEASE while a worker thread still answers the READ.
  */
@@ -566,9 +566,13 @@ static void imdsfs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 static void imdsfs_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct imdsfs *fs = fs_of(req);
-	struct fs_released *r = malloc(sizeof(*r));
+	struct fs_released *r = NULL;
 	bool first;
 
+	/* A cached value is also held by its node, which outlives any READ;
+	 * only a volatile value has this open file as its sole owner. */
+	if (resolve_is_volatile(node_of(fs, ino)))
+		r = malloc(sizeof(*r));
 	if (!r) {
 		blob_unref((struct blob *)(uintptr_t)fi->fh);
 		fuse_reply_err(req, 0);

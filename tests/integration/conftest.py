@@ -329,6 +329,35 @@ def mount_fs(request, start_mock):
         pytest.fail("\n".join(problems))
 
 
+@pytest.fixture
+def mnt(request, mount_fs):
+    """mount_fs with a watchdog: after the test module's WATCHDOG_S seconds
+    (default 60) its daemons are killed, which aborts the FUSE connection and
+    unblocks every reader, so a hung request fails the test, never the run."""
+    import threading
+    limit = getattr(request.module, "WATCHDOG_S", 60)
+    made, fired = [], []
+
+    def do_mount(mock, **kw):
+        m = mount_fs(mock, **kw)
+        made.append(m)
+        return m
+
+    def fire():
+        fired.append(True)
+        for m in made:
+            if m.proc.poll() is None:
+                m.proc.kill()
+
+    timer = threading.Timer(limit, fire)
+    timer.daemon = True
+    timer.start()
+    yield do_mount
+    timer.cancel()
+    if fired:
+        pytest.fail("watchdog: the test ran over %ss; its imdsfs was killed" % limit)
+
+
 @pytest.fixture(params=INSTANCES)
 def instance(request):
     """The name of each test instance under tests/data, in turn."""

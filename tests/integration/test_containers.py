@@ -189,29 +189,6 @@ exit $rc
 # --- helpers -----------------------------------------------------------------------
 
 @pytest.fixture
-def mnt(mount_fs):
-    """mount_fs with a watchdog: after WATCHDOG_S the test's daemons are
-    killed, which aborts the FUSE connection and unblocks every reader."""
-    made = []
-
-    def do_mount(mock, **kw):
-        m = mount_fs(mock, **kw)
-        made.append(m)
-        return m
-
-    def fire():
-        for m in made:
-            if m.proc.poll() is None:
-                m.proc.kill()
-
-    timer = threading.Timer(WATCHDOG_S, fire)
-    timer.daemon = True
-    timer.start()
-    yield do_mount
-    timer.cancel()
-
-
-@pytest.fixture
 def world():
     """A temporary directory every user can traverse and read (0755): the
     probe script lives there, and so does a container's /run/ec2."""

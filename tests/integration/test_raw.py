@@ -138,32 +138,6 @@ def crawl(url):
 
 # --- helpers -------------------------------------------------------------------
 
-@pytest.fixture
-def mnt(mount_fs):
-    """mount_fs with a watchdog: after WATCHDOG_S the test's daemons are
-    killed, which aborts the FUSE connection and unblocks every reader."""
-    made, fired = [], []
-
-    def do_mount(mock, **kw):
-        m = mount_fs(mock, **kw)
-        made.append(m)
-        return m
-
-    def fire():
-        fired.append(True)
-        for m in made:
-            if m.proc.poll() is None:
-                m.proc.kill()
-
-    timer = threading.Timer(WATCHDOG_S, fire)
-    timer.daemon = True
-    timer.start()
-    yield do_mount
-    timer.cancel()
-    if fired:
-        pytest.fail("watchdog: the test ran over %ss; its imdsfs was killed" % WATCHDOG_S)
-
-
 def _control(mock, method, sub, path, body=None):
     """The mock's control API with the path quoted here, whatever conftest's
     Mock does (the mock unquotes it once)."""

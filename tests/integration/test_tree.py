@@ -39,32 +39,6 @@ OPTIONAL = [
 
 # --- helpers -----------------------------------------------------------------
 
-@pytest.fixture
-def mnt(mount_fs):
-    """mount_fs with a watchdog: after WATCHDOG_S the test's daemons are
-    killed, which aborts the FUSE connection and unblocks every reader."""
-    made, fired = [], []
-
-    def do_mount(mock, **kw):
-        m = mount_fs(mock, **kw)
-        made.append(m)
-        return m
-
-    def fire():
-        fired.append(True)
-        for m in made:
-            if m.proc.poll() is None:
-                m.proc.kill()
-
-    timer = threading.Timer(WATCHDOG_S, fire)
-    timer.daemon = True
-    timer.start()
-    yield do_mount
-    timer.cancel()
-    if fired:
-        pytest.fail("watchdog: the test ran over %ss; its imdsfs was killed" % WATCHDOG_S)
-
-
 def mock_set(mock, path, value):
     """mock.set for any path (conftest's Mock quotes it; the mock unquotes)."""
     mock.set(path, value)
