@@ -56,14 +56,17 @@ struct fs_notice {
 #define NOTICE_WAIT_MS 1000
 
 /*
- * A released volatile value is freed a while later, not at once: when a
- * reader is killed in the middle of a read, the kernel forgets the request
- * and may send the RELEASE while a worker thread still answers the READ.
+ * A released file's value, and the value of a forgotten node, is freed a
+ * moment later, not at once: the kernel can send RELEASE and FORGET while a
+ * worker thread still answers a READ of that value (a reader killed in the
+ * middle of a read, or readahead it no longer waits for).
  */
-#define RELEASE_GRACE_MS 2000
+#define RELEASE_GRACE_MS 500
+/* Held at once, at most; past that the oldest goes early. A ring, so that a
+ * busy mount does no allocation per release. */
+#define RELEASE_RING 4096
 
 struct fs_released {
-	struct fs_released *next;
 	struct blob *blob;
 	struct timespec at;
 };
@@ -241,31 +244,50 @@ static long long ms_since(const struct timespec *t)
 	return (long long)(now.tv_sec - t->tv_sec) * 1000 + (now.tv_nsec - t->tv_nsec) / 1000000;
 }
 
+/* Under notices_lock: drop the oldest pending release. */
+static void drop_oldest(struct imdsfs *fs)
+{
+	struct fs_released *r = &fs->released[fs->released_first];
+
+	blob_unref(r->blob);
+	r->blob = NULL;
+	fs->released_first = (fs->released_first + 1) % RELEASE_RING;
+	fs->released_count--;
+}
+
 /* Free the released values older than the grace period (all when `all`).
  * Returns whether some are left. */
 static bool free_released(struct imdsfs *fs, bool all)
 {
-	struct fs_released *old = NULL, **link;
 	bool left;
 
 	pthread_mutex_lock(&fs->notices_lock);
-	/* Newest first: everything after the first old one is old too. */
-	for (link = &fs->released; *link; link = &(*link)->next) {
-		if (all || ms_since(&(*link)->at) >= RELEASE_GRACE_MS) {
-			old = *link;
-			*link = NULL;
-			break;
-		}
-	}
-	left = fs->released != NULL;
+	while (fs->released_count &&
+	       (all || ms_since(&fs->released[fs->released_first].at) >= RELEASE_GRACE_MS))
+		drop_oldest(fs);
+	left = fs->released_count > 0;
 	pthread_mutex_unlock(&fs->notices_lock);
-	while (old) {
-		struct fs_released *r = old;
-		old = r->next;
-		blob_unref(r->blob);
-		free(r);
-	}
 	return left;
+}
+
+/* Drop a reference to `blob` RELEASE_GRACE_MS from now (the housekeeper
+ * does it). Safe under the node table's lock. */
+static void release_later(struct blob *blob, void *ctx)
+{
+	struct imdsfs *fs = ctx;
+	struct fs_released *r;
+	bool first;
+
+	pthread_mutex_lock(&fs->notices_lock);
+	if (fs->released_count == RELEASE_RING)
+		drop_oldest(fs);
+	r = &fs->released[(fs->released_first + fs->released_count) % RELEASE_RING];
+	r->blob = blob;
+	clock_gettime(CLOCK_MONOTONIC, &r->at);
+	first = fs->released_count++ == 0;
+	pthread_mutex_unlock(&fs->notices_lock);
+	if (first)
+		wake(fs->wake[1], WAKE_NOTICES); /* start the housekeeper's timer */
 }
 
 static void *housekeeper(void *arg)
@@ -315,6 +337,13 @@ int fs_init_state(struct imdsfs *fs)
 	fs->ready_fd = -1;
 	if (pipe2(fs->wake, O_CLOEXEC | O_NONBLOCK) < 0)
 		return -errno;
+	fs->released = calloc(RELEASE_RING, sizeof(*fs->released));
+	if (!fs->released) {
+		close(fs->wake[0]);
+		close(fs->wake[1]);
+		fs->wake[0] = fs->wake[1] = -1;
+		return -ENOMEM;
+	}
 	pthread_mutex_init(&fs->notices_lock, NULL);
 	pthread_cond_init(&fs->notices_sent_cond, NULL);
 	return 0;
@@ -322,7 +351,10 @@ int fs_init_state(struct imdsfs *fs)
 
 void fs_free_state(struct imdsfs *fs)
 {
+	if (fs->resolver.nodes)
+		node_table_set_drop(fs->resolver.nodes, NULL, NULL);
 	free_released(fs, true);
+	free(fs->released);
 	while (fs->notices) {
 		struct fs_notice *n = fs->notices;
 		fs->notices = n->next;
@@ -346,6 +378,7 @@ static void imdsfs_init(void *userdata, struct fuse_conn_info *conn)
 	if (conn->capable & FUSE_CAP_PARALLEL_DIROPS)
 		conn->want |= FUSE_CAP_PARALLEL_DIROPS;
 
+	node_table_set_drop(fs->resolver.nodes, release_later, fs);
 	err = pthread_create(&fs->housekeeper, NULL, housekeeper, fs);
 	if (err)
 		log_error("cannot start the housekeeping thread: %s; rm and SIGHUP will not "
@@ -566,27 +599,8 @@ static void imdsfs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 static void imdsfs_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct imdsfs *fs = fs_of(req);
-	struct fs_released *r = NULL;
-	bool first;
 
-	/* A cached value is also held by its node, which outlives any READ;
-	 * only a volatile value has this open file as its sole owner. */
-	if (resolve_is_volatile(node_of(fs, ino)))
-		r = malloc(sizeof(*r));
-	if (!r) {
-		blob_unref((struct blob *)(uintptr_t)fi->fh);
-		fuse_reply_err(req, 0);
-		return;
-	}
-	r->blob = (struct blob *)(uintptr_t)fi->fh;
-	clock_gettime(CLOCK_MONOTONIC, &r->at);
-	pthread_mutex_lock(&fs->notices_lock);
-	first = fs->released == NULL;
-	r->next = fs->released;
-	fs->released = r;
-	pthread_mutex_unlock(&fs->notices_lock);
-	if (first)
-		wake(fs->wake[1], WAKE_NOTICES); /* start the housekeeper's timer */
+	release_later((struct blob *)(uintptr_t)fi->fh, fs);
 	fuse_reply_err(req, 0);
 }
 

@@ -39,7 +39,8 @@ struct imdsfs {
 	pthread_mutex_t notices_lock;
 	pthread_cond_t notices_sent_cond;
 	struct fs_notice *notices;
-	struct fs_released *released; /* open files' values, freed late */
+	struct fs_released *released; /* values freed late: a ring */
+	size_t released_first, released_count;
 	unsigned long notices_queued; /* sequence numbers, under notices_lock */
 	unsigned long notices_sent;
 };

@@ -16,6 +16,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <malloc.h>
 #include <poll.h>
 #include <signal.h>
 #include <stddef.h>
@@ -496,6 +497,11 @@ int main(int argc, char *argv[])
 	char *endpoint = NULL, *mountpoint = NULL;
 	long ttl = 21600, timeout = 1000, retries = 3;
 	int ret = 1, res;
+
+	/* One malloc arena: values are allocated by worker threads and freed
+	 * by others (the housekeeper, forgets); per-thread arenas would keep
+	 * growing with them. The daemon is not allocation-bound. */
+	mallopt(M_ARENA_MAX, 1);
 
 	if (fuse_opt_parse(&args, &o, option_spec, on_option) != 0)
 		goto out_args;

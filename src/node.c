@@ -21,6 +21,8 @@ struct node_table {
 	size_t hashed;
 	struct node *all;
 	size_t count;
+	void (*drop)(struct blob *blob, void *ctx); /* see node_table_set_drop */
+	void *drop_ctx;
 };
 
 static uint64_t hash_name(uint64_t seed, const char *name)
@@ -55,9 +57,12 @@ static void link_all(struct node_table *t, struct node *n)
 	t->count++;
 }
 
-static void node_free_one(struct node *n)
+static void node_free_one(struct node_table *t, struct node *n)
 {
-	blob_unref(n->held);
+	if (n->held && t && t->drop)
+		t->drop(n->held, t->drop_ctx);
+	else
+		blob_unref(n->held);
 	free(n->name);
 	free(n->src);
 	free(n->base);
@@ -74,7 +79,7 @@ static struct node *node_new(const char *name, const struct node_spec *spec)
 	n->src = spec->src ? strdup(spec->src) : NULL;
 	n->base = strdup(spec->base ? spec->base : "");
 	if (!n->name || (spec->src && !n->src) || !n->base) {
-		node_free_one(n);
+		node_free_one(NULL, n);
 		return NULL;
 	}
 	n->row = spec->row;
@@ -113,7 +118,7 @@ void node_table_destroy(struct node_table *t)
 	while (t->all) {
 		struct node *n = t->all;
 		t->all = n->all_next;
-		node_free_one(n);
+		node_free_one(t, n);
 	}
 	free(t->buckets);
 	pthread_mutex_destroy(&t->lock);
@@ -181,7 +186,7 @@ static void maybe_free(struct node_table *t, struct node *n)
 		if (n->all_next)
 			n->all_next->all_prev = n->all_prev;
 		t->count--;
-		node_free_one(n);
+		node_free_one(t, n);
 		if (!parent)
 			break;
 		parent->children--;
@@ -368,6 +373,14 @@ static bool fetched_before(const struct blob *a, const struct blob *b)
 {
 	return a->fetched.tv_sec < b->fetched.tv_sec ||
 	       (a->fetched.tv_sec == b->fetched.tv_sec && a->fetched.tv_nsec < b->fetched.tv_nsec);
+}
+
+void node_table_set_drop(struct node_table *t, void (*drop)(struct blob *, void *), void *ctx)
+{
+	pthread_mutex_lock(&t->lock);
+	t->drop = drop;
+	t->drop_ctx = ctx;
+	pthread_mutex_unlock(&t->lock);
 }
 
 struct blob *node_hold(struct node_table *t, struct node *n, struct blob *content)

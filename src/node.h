@@ -118,6 +118,14 @@ struct blob;
  * (a removed directory's inodes can linger in the kernel for long).
  */
 struct blob *node_hold(struct node_table *table, struct node *node, struct blob *content);
+
+/*
+ * How a freed node lets go of the value it held: `drop` takes over the
+ * reference (fs.c frees it a moment later, as a READ may still be sending
+ * it). NULL: at once. Called under the table lock.
+ */
+void node_table_set_drop(struct node_table *table, void (*drop)(struct blob *blob, void *ctx),
+			 void *ctx);
 struct blob *node_held(struct node_table *table, struct node *node);
 
 
