@@ -176,14 +176,13 @@ static void send_notices(struct imdsfs *fs)
 struct covered {
 	struct imdsfs *fs;
 	const struct resolve_cleared *cleared; /* NULL: every file */
-	const struct node *except;
 };
 
 static void queue_if_covered(struct node *n, void *ctx)
 {
 	struct covered *c = ctx;
 
-	if (n->is_dir || n == c->except || resolve_is_volatile(n))
+	if (n->is_dir || resolve_is_volatile(n))
 		return;
 	if (!c->cleared || resolve_cleared_covers(c->cleared, n))
 		queue_notice(c->fs, NOTICE_INODE, node_ino(c->fs->resolver.nodes, n), 0, NULL);
@@ -224,7 +223,7 @@ static bool shows_cleared(struct node *n, void *ctx)
  * every name and page it has from us. */
 static void reload(struct imdsfs *fs)
 {
-	struct covered all = {fs, NULL, NULL};
+	struct covered all = {fs, NULL};
 	struct deletes gone = {fs->resolver.nodes, NULL};
 
 	log_info("SIGHUP: clearing every cached value and the token");
@@ -709,7 +708,7 @@ static void remove_entry(fuse_req_t req, fuse_ino_t parent, const char *name, bo
 	} else {
 		/* The removed inode too: a file still open on it (or opened again
 		 * through /proc/PID/fd) must not keep the old size with new bytes. */
-		struct covered others = {fs, &cleared, NULL};
+		struct covered others = {fs, &cleared};
 
 		/* Detached first: from now on the removed inode keeps the value
 		 * it has, whatever the cleared cache fetches next. */

@@ -378,6 +378,23 @@ def pytest_runtest_makereport(item, call):
     setattr(item, "rep_" + rep.when, rep)
 
 
+def imdsfs_pids(marker):
+    """Live imdsfs processes whose command line mentions `marker`."""
+    pids = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open("/proc/%s/cmdline" % d, "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if argv and os.path.basename(argv[0]) == b"imdsfs" and \
+                any(marker.encode() in a for a in argv[1:]):
+            pids.append(int(d))
+    return pids
+
+
 def read_errno(path):
     """The errno reading `path` fails with, or None if it reads."""
     try:

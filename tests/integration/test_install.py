@@ -34,7 +34,7 @@ import time
 
 import pytest
 
-from conftest import BINARY, IN_CI, REPO, _cannot_run, _check_fuse, load_instance
+from conftest import imdsfs_pids, BINARY, IN_CI, REPO, _cannot_run, _check_fuse, load_instance
 
 MESON_TIMEOUT = 300
 RUN_TIMEOUT = 30
@@ -281,22 +281,6 @@ def test_unit_privileges_suffice(start_mock, real_install, tmp_path):
         if os.path.ismount(mnt):
             subprocess.run(["umount", "-l", str(mnt)], timeout=10)
         log.close()
-
-
-def imdsfs_pids(marker):
-    pids = []
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open("/proc/%s/cmdline" % d, "rb") as f:
-                argv = f.read().split(b"\0")
-        except OSError:
-            continue
-        if argv and os.path.basename(argv[0]) == b"imdsfs" and \
-                any(marker.encode() in a for a in argv[1:]):
-            pids.append(int(d))
-    return pids
 
 
 def kill_all(marker):

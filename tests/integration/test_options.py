@@ -35,7 +35,7 @@ import time
 
 import pytest
 
-from conftest import BINARY, BAD_OUTPUT, Mount, _check_fuse, load_instance
+from conftest import imdsfs_pids, BINARY, BAD_OUTPUT, Mount, _check_fuse, load_instance
 
 RUN_TIMEOUT = 20
 IPV6_URL = "http://[fd00:ec2::254]"
@@ -68,23 +68,6 @@ def mounts_under(top):
             if mnt == top or mnt.startswith(top.rstrip("/") + "/"):
                 found.append(mnt)
     return sorted(set(found), key=len, reverse=True)
-
-
-def imdsfs_pids(marker):
-    """Live imdsfs processes whose command line mentions `marker`."""
-    pids = []
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open("/proc/%s/cmdline" % d, "rb") as f:
-                argv = f.read().split(b"\0")
-        except OSError:
-            continue
-        if argv and os.path.basename(argv[0]) == b"imdsfs" and \
-                any(marker.encode() in a for a in argv[1:]):
-            pids.append(int(d))
-    return pids
 
 
 def gone(pid):
