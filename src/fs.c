@@ -71,6 +71,12 @@ struct fs_released {
 	struct timespec at;
 };
 
+/* An open file's value (see track_open). */
+struct open_value {
+	struct open_value *next;
+	struct blob *blob;
+};
+
 static struct imdsfs *fs_of(fuse_req_t req)
 {
 	return fuse_req_userdata(req);
@@ -354,6 +360,12 @@ void fs_free_state(struct imdsfs *fs)
 		node_table_set_drop(fs->resolver.nodes, NULL, NULL);
 	free_released(fs, true);
 	free(fs->released);
+	while (fs->open_values) {
+		struct open_value *v = fs->open_values;
+		fs->open_values = v->next;
+		blob_unref(v->blob);
+		free(v);
+	}
 	while (fs->notices) {
 		struct fs_notice *n = fs->notices;
 		fs->notices = n->next;
@@ -508,6 +520,36 @@ static int refresh_content(struct imdsfs *fs, struct node *n, struct blob **out)
 	return err;
 }
 
+/*
+ * The values of open files, so that the ones whose RELEASE never comes (the
+ * daemon stopped with files open) are freed at exit. A small list: it holds
+ * only the files open at once.
+ */
+static void track_open(struct imdsfs *fs, struct blob *blob, bool opened)
+{
+	struct open_value *v = NULL, **link;
+
+	if (opened && !(v = malloc(sizeof(*v))))
+		return; /* untracked: leaks only if the daemon stops with it open */
+	pthread_mutex_lock(&fs->notices_lock);
+	if (opened) {
+		v->blob = blob;
+		v->next = fs->open_values;
+		fs->open_values = v;
+	} else {
+		for (link = &fs->open_values; *link; link = &(*link)->next) {
+			if ((*link)->blob == blob) {
+				v = *link;
+				*link = v->next;
+				break;
+			}
+		}
+	}
+	pthread_mutex_unlock(&fs->notices_lock);
+	if (!opened)
+		free(v);
+}
+
 static void imdsfs_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct imdsfs *fs = fs_of(req);
@@ -577,8 +619,12 @@ static void imdsfs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *f
 		fi->direct_io = 1;
 	else
 		fi->keep_cache = 1;
-	if (fuse_reply_open(req, fi) != 0)
+	/* Tracked before the reply: its RELEASE can come at once. */
+	track_open(fs, content, true);
+	if (fuse_reply_open(req, fi) != 0) {
+		track_open(fs, content, false);
 		blob_unref(content);
+	}
 }
 
 static void imdsfs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
@@ -599,6 +645,7 @@ static void imdsfs_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info
 {
 	struct imdsfs *fs = fs_of(req);
 
+	track_open(fs, (struct blob *)(uintptr_t)fi->fh, false);
 	release_later((struct blob *)(uintptr_t)fi->fh, fs);
 	fuse_reply_err(req, 0);
 }

@@ -22,6 +22,7 @@
 struct fuse_session;
 struct fuse_lowlevel_ops;
 struct fs_notice;
+struct open_value;
 
 /* Everything the daemon has; built by main(), handed to FUSE as userdata. */
 struct imdsfs {
@@ -41,6 +42,7 @@ struct imdsfs {
 	struct fs_notice *notices;
 	struct fs_released *released; /* values freed late: a ring */
 	size_t released_first, released_count;
+	struct open_value *open_values; /* see track_open */
 	unsigned long notices_queued; /* sequence numbers, under notices_lock */
 	unsigned long notices_sent;
 };
