@@ -1,28 +1,27 @@
 /*
  * fs: FUSE low-level operations for imdsfs.
  *
- * Files are opened with keep_cache (their bytes change only when we clear
- * them, and then we invalidate the kernel's copy) or, when volatile, with
- * direct_io and a value fetched at open. An open file reads from the value
- * it got at open, so a reader never sees half of an old value and half of a
- * new one. That value is the one the node holds: the bytes whose size the
- * kernel was last told (by a lookup or a getattr).
+ * Every inode shows one value for its whole life (node.h), so the kernel
+ * can serve warm reads alone: names and attributes are cached for long,
+ * pages are kept, and files are opened without asking us
+ * (FUSE_CAP_NO_OPEN_SUPPORT). A reader so never sees half of one value
+ * and half of another, whatever races it: its inode's bytes cannot change.
  *
- * The daemon does not use FUSE_CAP_NO_OPEN_SUPPORT, which would make warm
- * reads cheaper still: without an open there is nothing per open file to
- * hold a value, and a reader could see two values when an rm races it.
- *
- * `rm FILE` and `rmdir DIR` clear caches and then detach the node from its
- * name: the kernel drops the dentry, and the next lookup gets a new inode,
- * with no stale pages, size or S_DEAD directory flag. Other inodes that
- * showed the same cache entries (raw/ twins, values derived from one
- * document) get an inval_inode notice from the housekeeping thread.
+ * What changes is which inode a name shows. A volatile name has an entry
+ * timeout of zero, so every path walk looks it up again and gets a fresh
+ * value (a new inode when it changed). `rm FILE` and `rmdir DIR` clear the
+ * cache and detach the removed node; other names that showed what was
+ * cleared (raw/ twins, values derived from one document) are unbound, and
+ * the kernel is told to let their dentries expire, so that its next walk
+ * asks us and finds the new value. Those notices go from a housekeeping
+ * thread, never from inside the request they concern.
  */
 #include "fs.h"
 #include "fetch.h"
 #include "log.h"
 
 #include <fuse_lowlevel.h>
+#include <linux/fuse.h>
 
 #include <errno.h>
 #include <fcntl.h>
@@ -30,18 +29,25 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
+#ifndef FUSE_EXPIRE_ONLY
+#define FUSE_EXPIRE_ONLY (1 << 0)
+#endif
+/* The kernel protocol that knows FUSE_EXPIRE_ONLY (Linux 6.2). */
+#define EXPIRE_ONLY_MINOR 38
+
 enum notice_kind {
-	NOTICE_INODE,  /* drop the kernel's pages and attributes of ino */
-	NOTICE_DELETE, /* name in parent (which was child) is gone: drop the
+	NOTICE_EXPIRE, /* name in ino shows another inode now: ask again */
+	NOTICE_DELETE, /* name in ino (which was child) is gone: drop the
 			* dentry and let the inode go, so its node is forgotten */
 };
 
 struct fs_notice {
 	struct fs_notice *next;
 	enum notice_kind kind;
-	fuse_ino_t ino; /* NOTICE_DELETE: the parent */
+	fuse_ino_t ino; /* the parent */
 	fuse_ino_t child;
 	char *name;
 };
@@ -50,31 +56,25 @@ struct fs_notice {
 #define WAKE_RELOAD  'h'
 #define WAKE_QUIT    'q'
 
-/* How long `rm` waits for the kernel to hear about the other inodes it
- * touched. Bounded because a SIGHUP's entry invalidation can need the
- * directory lock that an unlink in progress holds. */
+/* How long `rm` waits for the kernel to hear about the other names it
+ * touched. Bounded because a notice can wait for a directory lock that a
+ * lookup blocked on IMDS holds. */
 #define NOTICE_WAIT_MS 1000
 
 /*
- * A released file's value, and the value of a forgotten node, is freed a
- * moment later, not at once: the kernel can send RELEASE and FORGET while a
- * worker thread still answers a READ of that value (a reader killed in the
- * middle of a read, or readahead it no longer waits for).
+ * A node the kernel forgot is freed a moment later, not at once: the
+ * kernel can send FORGET while a worker thread still answers a READ from
+ * that node (a reader killed in the middle of a read, or readahead it no
+ * longer waits for).
  */
 #define RELEASE_GRACE_MS 500
 /* Held at once, at most; past that the oldest goes early. A ring, so that a
- * busy mount does no allocation per release. */
+ * busy mount does no allocation per forgotten node. */
 #define RELEASE_RING 4096
 
 struct fs_released {
-	struct blob *blob;
+	struct node *node;
 	struct timespec at;
-};
-
-/* An open file's value (see track_open). */
-struct open_value {
-	struct open_value *next;
-	struct blob *blob;
 };
 
 static struct imdsfs *fs_of(fuse_req_t req)
@@ -98,7 +98,7 @@ static struct fs_notice *new_notice(enum notice_kind kind, fuse_ino_t ino, fuse_
 {
 	struct fs_notice *n = calloc(1, sizeof(*n));
 
-	if (!n || (name && !(n->name = strdup(name)))) {
+	if (!n || !(n->name = strdup(name))) {
 		free(n);
 		log_warning("out of memory: a kernel cache invalidation was dropped");
 		return NULL;
@@ -126,14 +126,8 @@ static void post_notices(struct imdsfs *fs, struct fs_notice *list)
 	wake(fs->wake[1], WAKE_NOTICES);
 }
 
-static void queue_notice(struct imdsfs *fs, enum notice_kind kind, fuse_ino_t ino,
-			 fuse_ino_t child, const char *name)
-{
-	post_notices(fs, new_notice(kind, ino, child, name));
-}
-
 /* Wait until every notice queued so far has reached the kernel, so that a
- * stat right after `rm` returns never sees another inode's stale size. */
+ * read right after `rm` returns never sees another name's old value. */
 static void wait_for_notices(struct imdsfs *fs)
 {
 	struct timespec until;
@@ -151,6 +145,37 @@ static void wait_for_notices(struct imdsfs *fs)
 	pthread_mutex_unlock(&fs->notices_lock);
 }
 
+/*
+ * FUSE_NOTIFY_INVAL_ENTRY with FUSE_EXPIRE_ONLY: the kernel marks the
+ * dentry expired, so that its next path walk through the name asks us,
+ * and, unlike a plain invalidation, takes no directory lock (an rm in
+ * progress holds the lock of the directory it removes from, which may be
+ * the directory of a twin). libfuse wraps this message only from 3.16
+ * (fuse_lowlevel_notify_expire_entry); Debian 12 has 3.14, so it is
+ * written here, as libfuse writes notifications: one writev on the
+ * session's fd.
+ */
+static int notify_expire_entry(struct fuse_session *se, fuse_ino_t parent, const char *name)
+{
+	size_t namelen = strlen(name);
+	struct fuse_notify_inval_entry_out arg = {
+		.parent = parent,
+		.namelen = (uint32_t)namelen,
+		.flags = FUSE_EXPIRE_ONLY,
+	};
+	struct fuse_out_header out = {
+		.len = (uint32_t)(sizeof(out) + sizeof(arg) + namelen + 1),
+		.error = FUSE_NOTIFY_INVAL_ENTRY,
+	};
+	struct iovec iov[] = {
+		{&out, sizeof(out)},
+		{&arg, sizeof(arg)},
+		{(void *)name, namelen + 1},
+	};
+
+	return writev(fuse_session_fd(se), iov, 3) < 0 ? -errno : 0;
+}
+
 static void send_notices(struct imdsfs *fs)
 {
 	struct fs_notice *list;
@@ -165,11 +190,16 @@ static void send_notices(struct imdsfs *fs)
 		struct fs_notice *n = list;
 		list = n->next;
 		/* -ENOENT only means the kernel had already forgotten it. */
-		if (fs->session && n->kind == NOTICE_INODE)
-			fuse_lowlevel_notify_inval_inode(fs->session, n->ino, 0, 0);
-		else if (fs->session)
+		if (!fs->session)
+			;
+		else if (n->kind == NOTICE_DELETE)
 			fuse_lowlevel_notify_delete(fs->session, n->ino, n->child, n->name,
 						    strlen(n->name));
+		else if (fs->expire_only)
+			notify_expire_entry(fs->session, n->ino, n->name);
+		else
+			fuse_lowlevel_notify_inval_entry(fs->session, n->ino, n->name,
+							 strlen(n->name));
 		free(n->name);
 		free(n);
 	}
@@ -179,37 +209,17 @@ static void send_notices(struct imdsfs *fs)
 	pthread_mutex_unlock(&fs->notices_lock);
 }
 
-struct covered {
-	struct imdsfs *fs;
-	const struct resolve_cleared *cleared; /* NULL: every file */
-};
-
-static void queue_if_covered(struct node *n, void *ctx)
-{
-	struct covered *c = ctx;
-
-	if (n->is_dir || resolve_is_volatile(n))
-		return;
-	if (!c->cleared || resolve_cleared_covers(c->cleared, n))
-		queue_notice(c->fs, NOTICE_INODE, node_ino(c->fs->resolver.nodes, n), 0, NULL);
-}
-
-/*
- * A node unbound below an rm -r'd directory (or by SIGHUP): tell the kernel
- * the name is gone. Otherwise its inode, still linked as far as the kernel
- * knows, can sit in the inode cache for long, and the node with the value
- * it holds would never be forgotten. Not waited for: the kernel needs the
- * directory's lock, which the rmdir in progress may hold.
- */
-struct deletes {
+/* Notices gathered under the node table's lock, posted once it is let go. */
+struct notices {
 	struct node_table *nodes;
+	enum notice_kind kind;
 	struct fs_notice *list;
 };
 
-static void note_delete(struct node *n, void *ctx)
+static void note_unbound(struct node *n, void *ctx)
 {
-	struct deletes *d = ctx;
-	struct fs_notice *notice = new_notice(NOTICE_DELETE, node_ino(d->nodes, n->parent),
+	struct notices *d = ctx;
+	struct fs_notice *notice = new_notice(d->kind, node_ino(d->nodes, n->parent),
 					      node_ino(d->nodes, n), n->name);
 
 	if (notice) {
@@ -220,23 +230,27 @@ static void note_delete(struct node *n, void *ctx)
 
 static bool shows_cleared(struct node *n, void *ctx)
 {
-	const struct covered *c = ctx;
+	const struct resolve_cleared *cleared = ctx;
 
-	return !resolve_is_volatile(n) && resolve_cleared_covers(c->cleared, n);
+	return !resolve_is_volatile(n) && resolve_cleared_covers(cleared, n);
 }
 
-/* SIGHUP: clear every cache and the token, and make the kernel forget
- * every name and page it has from us. */
+/*
+ * SIGHUP: clear every cache and the token, then unbind every name (after
+ * the clear, so that no lookup can bind an old value again) and tell the
+ * kernel each name it knows is gone. The nodes below the root are deleted
+ * rather than expired: otherwise an inode nobody walks to again could sit
+ * in the kernel's caches for long, and its node with its value would never
+ * be forgotten.
+ */
 static void reload(struct imdsfs *fs)
 {
-	struct covered all = {fs, NULL};
-	struct deletes gone = {fs->resolver.nodes, NULL};
+	struct notices gone = {fs->resolver.nodes, NOTICE_DELETE, NULL};
 
 	log_info("SIGHUP: clearing every cached value and the token");
-	node_detach_all(fs->resolver.nodes, note_delete, &gone);
 	cache_clear_prefix(fs->resolver.cache, "");
 	fetch_forget_token(fs->resolver.fetcher);
-	node_for_each_known(fs->resolver.nodes, queue_if_covered, &all);
+	node_detach_all(fs->resolver.nodes, note_unbound, &gone);
 	post_notices(fs, gone.list);
 	send_notices(fs);
 }
@@ -249,18 +263,18 @@ static long long ms_since(const struct timespec *t)
 	return (long long)(now.tv_sec - t->tv_sec) * 1000 + (now.tv_nsec - t->tv_nsec) / 1000000;
 }
 
-/* Under notices_lock: drop the oldest pending release. */
-static void drop_oldest(struct imdsfs *fs)
+/* Under notices_lock: free the oldest dropped node. */
+static void free_oldest(struct imdsfs *fs)
 {
 	struct fs_released *r = &fs->released[fs->released_first];
 
-	blob_unref(r->blob);
-	r->blob = NULL;
+	node_free(r->node);
+	r->node = NULL;
 	fs->released_first = (fs->released_first + 1) % RELEASE_RING;
 	fs->released_count--;
 }
 
-/* Free the released values older than the grace period (all when `all`).
+/* Free the dropped nodes older than the grace period (all when `all`).
  * Returns whether some are left. */
 static bool free_released(struct imdsfs *fs, bool all)
 {
@@ -269,15 +283,15 @@ static bool free_released(struct imdsfs *fs, bool all)
 	pthread_mutex_lock(&fs->notices_lock);
 	while (fs->released_count &&
 	       (all || ms_since(&fs->released[fs->released_first].at) >= RELEASE_GRACE_MS))
-		drop_oldest(fs);
+		free_oldest(fs);
 	left = fs->released_count > 0;
 	pthread_mutex_unlock(&fs->notices_lock);
 	return left;
 }
 
-/* Drop a reference to `blob` RELEASE_GRACE_MS from now (the housekeeper
- * does it). Safe under the node table's lock. */
-static void release_later(struct blob *blob, void *ctx)
+/* Free `node` RELEASE_GRACE_MS from now (the housekeeper does it). Called
+ * under the node table's lock. */
+static void free_later(struct node *node, void *ctx)
 {
 	struct imdsfs *fs = ctx;
 	struct fs_released *r;
@@ -285,9 +299,9 @@ static void release_later(struct blob *blob, void *ctx)
 
 	pthread_mutex_lock(&fs->notices_lock);
 	if (fs->released_count == RELEASE_RING)
-		drop_oldest(fs);
+		free_oldest(fs);
 	r = &fs->released[(fs->released_first + fs->released_count) % RELEASE_RING];
-	r->blob = blob;
+	r->node = node;
 	clock_gettime(CLOCK_MONOTONIC, &r->at);
 	first = fs->released_count++ == 0;
 	pthread_mutex_unlock(&fs->notices_lock);
@@ -360,12 +374,6 @@ void fs_free_state(struct imdsfs *fs)
 		node_table_set_drop(fs->resolver.nodes, NULL, NULL);
 	free_released(fs, true);
 	free(fs->released);
-	while (fs->open_values) {
-		struct open_value *v = fs->open_values;
-		fs->open_values = v->next;
-		blob_unref(v->blob);
-		free(v);
-	}
 	while (fs->notices) {
 		struct fs_notice *n = fs->notices;
 		fs->notices = n->next;
@@ -383,13 +391,29 @@ static void imdsfs_init(void *userdata, struct fuse_conn_info *conn)
 	struct imdsfs *fs = userdata;
 	int err;
 
-	/* Values change only when we invalidate them ourselves. */
+	/* An inode's bytes never change (node.h): its pages stay good. */
 	conn->want &= ~FUSE_CAP_AUTO_INVAL_DATA;
+	/* Opening a file needs nothing from us: the kernel skips OPEN (and
+	 * RELEASE) once our open handler says ENOSYS. */
+	if (conn->capable & FUSE_CAP_NO_OPEN_SUPPORT)
+		conn->want |= FUSE_CAP_NO_OPEN_SUPPORT;
+	/* With O_TRUNC left to OPEN, a kernel that skips OPEN would empty its
+	 * copy of the file without asking us: truncation must come as a
+	 * setattr, which is refused (EROFS). */
+	conn->want &= ~FUSE_CAP_ATOMIC_O_TRUNC;
 	/* A lookup waiting on IMDS must not hold up lookups of its neighbours. */
 	if (conn->capable & FUSE_CAP_PARALLEL_DIROPS)
 		conn->want |= FUSE_CAP_PARALLEL_DIROPS;
+	fs->no_open = (conn->want & FUSE_CAP_NO_OPEN_SUPPORT) != 0;
+	fs->expire_only = conn->proto_major > 7 ||
+			  (conn->proto_major == 7 && conn->proto_minor >= EXPIRE_ONLY_MINOR);
+	if (!fs->expire_only)
+		log_info("this kernel (FUSE 7.%u) cannot expire a name without its directory's "
+			 "lock: after rm, other names showing what it cleared are refreshed "
+			 "moments later, not at once",
+			 conn->proto_minor);
 
-	node_table_set_drop(fs->resolver.nodes, release_later, fs);
+	node_table_set_drop(fs->resolver.nodes, free_later, fs);
 	err = pthread_create(&fs->housekeeper, NULL, housekeeper, fs);
 	if (err)
 		log_error("cannot start the housekeeping thread: %s; rm and SIGHUP will not "
@@ -420,34 +444,31 @@ static void imdsfs_destroy(void *userdata)
 	fs_stop(userdata);
 }
 
-static void fill_stat(const struct imdsfs *fs, const struct node *n,
-		      const struct resolve_attr *attr, struct stat *st)
+static void stat_of(const struct imdsfs *fs, const struct node *n, struct stat *st)
 {
+	struct resolve_attr attr;
+
+	resolve_attr_of(n, &attr);
 	memset(st, 0, sizeof(*st));
 	st->st_ino = n->stable_ino;
 	st->st_uid = fs->uid;
 	st->st_gid = fs->gid;
-	if (attr->is_dir) {
+	if (attr.is_dir) {
 		st->st_mode = S_IFDIR | 0755;
 		st->st_nlink = 2;
 	} else {
-		st->st_mode = S_IFREG | (attr->is_sensitive ? 0400 : 0444);
+		st->st_mode = S_IFREG | (attr.is_sensitive ? 0400 : 0444);
 		st->st_nlink = 1;
-		st->st_size = (off_t)attr->size;
-		st->st_blocks = (blkcnt_t)((attr->size + 511) / 512);
+		st->st_size = (off_t)attr.size;
+		st->st_blocks = (blkcnt_t)((attr.size + 511) / 512);
 	}
 	st->st_blksize = 4096;
-	if (attr->mtime.tv_sec)
-		st->st_mtim = attr->mtime;
+	if (attr.mtime.tv_sec)
+		st->st_mtim = attr.mtime;
 	else
 		st->st_mtim.tv_sec = fs->started;
 	st->st_atim = st->st_mtim;
 	st->st_ctim = st->st_mtim;
-}
-
-static double timeout_for(const struct resolve_attr *attr)
-{
-	return attr->is_volatile ? 0.0 : FS_CACHE_TIMEOUT;
 }
 
 static void imdsfs_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
@@ -455,8 +476,6 @@ static void imdsfs_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 	struct imdsfs *fs = fs_of(req);
 	struct node *dir = node_of(fs, parent);
 	struct fuse_entry_param e;
-	struct resolve_attr attr;
-	struct blob *content;
 	struct node *child;
 	int err;
 
@@ -464,22 +483,18 @@ static void imdsfs_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 		fuse_reply_err(req, ENOTDIR);
 		return;
 	}
-	err = resolve_lookup(&fs->resolver, dir, name, &child, &attr, &content);
+	err = resolve_lookup(&fs->resolver, dir, name, &child);
 	if (err) {
 		fuse_reply_err(req, -err);
 		return;
 	}
-	if (content) {
-		struct blob *kept = node_hold(fs->resolver.nodes, child, content);
-		resolve_attr_of(child, kept, &attr);
-		blob_unref(kept);
-		blob_unref(content);
-	}
 	memset(&e, 0, sizeof(e));
 	e.ino = node_ino(fs->resolver.nodes, child);
-	e.attr_timeout = timeout_for(&attr);
-	e.entry_timeout = timeout_for(&attr);
-	fill_stat(fs, child, &attr, &e.attr);
+	/* An inode's attributes never change; a volatile name is looked up
+	 * again at every walk, and so shows a fresh value. */
+	e.attr_timeout = FS_CACHE_TIMEOUT;
+	e.entry_timeout = resolve_is_volatile(child) ? 0.0 : FS_CACHE_TIMEOUT;
+	stat_of(fs, child, &e.attr);
 	if (fuse_reply_entry(req, &e) != 0)
 		node_forget(fs->resolver.nodes, child, 1);
 }
@@ -504,78 +519,13 @@ static void imdsfs_forget_multi(fuse_req_t req, size_t count, struct fuse_forget
 	fuse_reply_none(req);
 }
 
-/*
- * The value a file shows: the cache's current one, held by the node so
- * that every open serves exactly the bytes whose size the kernel was told.
- */
-static int refresh_content(struct imdsfs *fs, struct node *n, struct blob **out)
-{
-	struct blob *fresh;
-	int err = resolve_content(&fs->resolver, n, &fresh);
-
-	if (!err) {
-		*out = node_hold(fs->resolver.nodes, n, fresh);
-		blob_unref(fresh);
-	}
-	return err;
-}
-
-/*
- * The values of open files, so that the ones whose RELEASE never comes (the
- * daemon stopped with files open) are freed at exit. A small list: it holds
- * only the files open at once.
- */
-static void track_open(struct imdsfs *fs, struct blob *blob, bool opened)
-{
-	struct open_value *v = NULL, **link;
-
-	if (opened && !(v = malloc(sizeof(*v))))
-		return; /* untracked: leaks only if the daemon stops with it open */
-	pthread_mutex_lock(&fs->notices_lock);
-	if (opened) {
-		v->blob = blob;
-		v->next = fs->open_values;
-		fs->open_values = v;
-	} else {
-		for (link = &fs->open_values; *link; link = &(*link)->next) {
-			if ((*link)->blob == blob) {
-				v = *link;
-				*link = v->next;
-				break;
-			}
-		}
-	}
-	pthread_mutex_unlock(&fs->notices_lock);
-	if (!opened)
-		free(v);
-}
-
 static void imdsfs_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct imdsfs *fs = fs_of(req);
-	struct node *n = node_of(fs, ino);
-	struct blob *content = NULL;
-	struct resolve_attr attr;
 	struct stat st;
-	int err = 0;
 
-	/* An inode's value never changes (node_supersede): an open file gets
-	 * the size of what it reads; a path stat of a superseded inode gets
-	 * ESTALE, and the kernel looks the name up again. */
-	if (!n->is_dir && !resolve_is_volatile(n)) {
-		if (!(fi && fi->fh) && node_is_superseded(fs->resolver.nodes, n))
-			err = -ESTALE;
-		else if (!(content = node_held(fs->resolver.nodes, n)))
-			err = refresh_content(fs, n, &content);
-	}
-	if (err) {
-		fuse_reply_err(req, -err);
-		return;
-	}
-	resolve_attr_of(n, content, &attr);
-	blob_unref(content);
-	fill_stat(fs, n, &attr, &st);
-	fuse_reply_attr(req, &st, timeout_for(&attr));
+	stat_of(fs, node_of(fs, ino), &st);
+	fuse_reply_attr(req, &st, FS_CACHE_TIMEOUT);
 }
 
 static void imdsfs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,
@@ -584,54 +534,37 @@ static void imdsfs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, in
 	fuse_reply_err(req, EROFS);
 }
 
+/*
+ * Only the first opens come here: ENOSYS tells the kernel to open files
+ * without us from then on (an open holds nothing: reads come from the
+ * inode's node). A kernel without that support keeps asking, and gets
+ * keep_cache, as an inode's pages never go stale.
+ */
 static void imdsfs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct imdsfs *fs = fs_of(req);
-	struct node *n = node_of(fs, ino);
-	struct blob *content;
-	int err = 0;
 
-	if (n->is_dir) {
+	if (node_of(fs, ino)->is_dir)
 		fuse_reply_err(req, EISDIR);
-		return;
-	}
-	if ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC)) {
+	else if ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC))
 		fuse_reply_err(req, EROFS);
-		return;
-	}
-	if (node_is_superseded(fs->resolver.nodes, n)) {
-		/* The kernel retries the open with a fresh lookup of the name. */
-		fuse_reply_err(req, ESTALE);
-		return;
-	}
-	/* A volatile value comes fresh; any other, as the kernel last saw it
-	 * (a lookup racing an rm must not pair the old size with new bytes). */
-	if (resolve_is_volatile(n))
-		err = resolve_content(&fs->resolver, n, &content);
-	else if (!(content = node_held(fs->resolver.nodes, n)))
-		err = refresh_content(fs, n, &content);
-	if (err) {
-		fuse_reply_err(req, -err);
-		return;
-	}
-	fi->fh = (uint64_t)(uintptr_t)content;
-	if (resolve_is_volatile(n))
-		fi->direct_io = 1;
-	else
+	else if (fs->no_open)
+		fuse_reply_err(req, ENOSYS);
+	else {
 		fi->keep_cache = 1;
-	/* Tracked before the reply: its RELEASE can come at once. */
-	track_open(fs, content, true);
-	if (fuse_reply_open(req, fi) != 0) {
-		track_open(fs, content, false);
-		blob_unref(content);
+		fuse_reply_open(req, fi);
 	}
 }
 
 static void imdsfs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 			struct fuse_file_info *fi)
 {
-	const struct blob *b = (const struct blob *)(uintptr_t)fi->fh;
+	const struct blob *b = node_of(fs_of(req), ino)->value;
 
+	if (!b) {
+		fuse_reply_err(req, EISDIR);
+		return;
+	}
 	if (off < 0 || (size_t)off >= b->len) {
 		fuse_reply_buf(req, NULL, 0);
 		return;
@@ -639,15 +572,6 @@ static void imdsfs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	if (size > b->len - (size_t)off)
 		size = b->len - (size_t)off;
 	fuse_reply_buf(req, b->data + off, size);
-}
-
-static void imdsfs_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
-{
-	struct imdsfs *fs = fs_of(req);
-
-	track_open(fs, (struct blob *)(uintptr_t)fi->fh, false);
-	release_later((struct blob *)(uintptr_t)fi->fh, fs);
-	fuse_reply_err(req, 0);
 }
 
 struct dir_handle {
@@ -730,52 +654,52 @@ static void imdsfs_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_i
 	fuse_reply_err(req, 0);
 }
 
-/* rm and rmdir: detach, clear, and tell the kernel about the inodes that
- * showed what was cleared. The name stays in the tree. */
+/*
+ * rm and rmdir: detach, clear, and send the kernel back to us for the
+ * other names that showed what was cleared. The name stays in the tree;
+ * the removed inode keeps its value for whoever has it open.
+ */
 static void remove_entry(fuse_req_t req, fuse_ino_t parent, const char *name, bool want_dir)
 {
 	struct imdsfs *fs = fs_of(req);
 	struct node *dir = node_of(fs, parent);
-	struct resolve_cleared cleared = {0};
-	struct resolve_attr attr;
 	struct node *n = node_find(fs->resolver.nodes, dir, name);
+	struct resolve_cleared cleared = {0};
+	struct notices gone = {fs->resolver.nodes, NOTICE_DELETE, NULL};
+	struct notices others = {fs->resolver.nodes, NOTICE_EXPIRE, NULL};
 	int err = 0;
 
 	if (!n) {
 		/* The kernel looks names up before removing them, so this is a
 		 * race with another rm; look it up again. */
-		err = resolve_lookup(&fs->resolver, dir, name, &n, &attr, NULL);
+		err = resolve_lookup(&fs->resolver, dir, name, &n);
 		if (err) {
 			fuse_reply_err(req, -err);
 			return;
 		}
 	}
 	if (n->is_dir != want_dir) {
-		err = want_dir ? ENOTDIR : EISDIR;
-	} else {
-		/* The removed inode too: a file still open on it (or opened again
-		 * through /proc/PID/fd) must not keep the old size with new bytes. */
-		struct covered others = {fs, &cleared};
-
-		/* Detached first: from now on the removed inode keeps the value
-		 * it has, whatever the cleared cache fetches next. */
-		struct deletes gone = {fs->resolver.nodes, NULL};
-
-		node_detach(fs->resolver.nodes, n, note_delete, &gone);
-		resolve_clear(&fs->resolver, n, &cleared);
-		log_debug("rm %s: cleared %zu cache keys", name, cleared.count);
-		/* Other names showing what was cleared get new inodes; the old
-		 * ones keep their values for whoever has them open. */
-		node_supersede_matching(fs->resolver.nodes, shows_cleared, &others);
-		node_for_each_known(fs->resolver.nodes, queue_if_covered, &others);
-		resolve_cleared_free(&cleared);
-		wait_for_notices(fs);
-		/* After the wait: these need the directory lock this request's
-		 * caller holds, and so can only be sent once we have replied. */
-		post_notices(fs, gone.list);
+		node_forget(fs->resolver.nodes, n, 1);
+		fuse_reply_err(req, want_dir ? ENOTDIR : EISDIR);
+		return;
 	}
+	node_detach(fs->resolver.nodes, n, note_unbound, &gone);
+	resolve_clear(&fs->resolver, n, &cleared);
+	log_debug("rm %s: cleared %zu cache keys", name, cleared.count);
+	node_supersede_matching(fs->resolver.nodes, shows_cleared, &cleared, note_unbound,
+				&others);
+	resolve_cleared_free(&cleared);
 	node_forget(fs->resolver.nodes, n, 1);
-	fuse_reply_err(req, err);
+	if (fs->expire_only) {
+		post_notices(fs, others.list);
+		others.list = NULL;
+		wait_for_notices(fs);
+	}
+	fuse_reply_err(req, 0);
+	/* After the reply: these need the lock of a directory this request's
+	 * caller holds (the removed one, or on older kernels the parent). */
+	post_notices(fs, others.list);
+	post_notices(fs, gone.list);
 }
 
 static void imdsfs_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
@@ -853,7 +777,6 @@ const struct fuse_lowlevel_ops imdsfs_ops = {
 	.setattr = imdsfs_setattr,
 	.open = imdsfs_open,
 	.read = imdsfs_read,
-	.release = imdsfs_release,
 	.opendir = imdsfs_opendir,
 	.readdir = imdsfs_readdir,
 	.releasedir = imdsfs_releasedir,

@@ -1,8 +1,8 @@
 /*
  * fs: the FUSE low-level operations. Turns requests into resolve calls and
- * their answers into replies, sets the kernel's cache timeouts (long for
- * cached values, zero for volatile ones), and keeps the kernel's caches
- * honest when `rm` or SIGHUP clears ours: invalidations are queued to a
+ * their answers into replies, sets the kernel's cache timeouts (long, but
+ * zero for the names of volatile values), and keeps the kernel's caches
+ * honest when `rm` or SIGHUP clears ours: notices are queued to a
  * housekeeping thread, never sent from inside the request they concern.
  */
 #ifndef IMDSFS_FS_H
@@ -15,14 +15,14 @@
 #include <sys/types.h>
 #include <time.h>
 
-/* How long the kernel may keep names and attributes of cached values. They
- * change only when we say so (rm, SIGHUP), and then we invalidate them. */
+/* How long the kernel may keep attributes (an inode's never change) and the
+ * names of cached values (they change only when we say so: rm, SIGHUP). */
 #define FS_CACHE_TIMEOUT 86400.0
 
 struct fuse_session;
 struct fuse_lowlevel_ops;
 struct fs_notice;
-struct open_value;
+struct fs_released;
 
 /* Everything the daemon has; built by main(), handed to FUSE as userdata. */
 struct imdsfs {
@@ -32,6 +32,8 @@ struct imdsfs {
 	time_t started;
 	struct fuse_session *session;
 	int ready_fd; /* written to once the mount answers (daemonizing), or -1 */
+	bool no_open;	  /* the kernel opens files without asking us */
+	bool expire_only; /* the kernel can expire a name without locking */
 
 	/* The housekeeping thread: kernel invalidations and SIGHUP. */
 	int wake[2];
@@ -40,9 +42,8 @@ struct imdsfs {
 	pthread_mutex_t notices_lock;
 	pthread_cond_t notices_sent_cond;
 	struct fs_notice *notices;
-	struct fs_released *released; /* values freed late: a ring */
+	struct fs_released *released; /* nodes freed late: a ring */
 	size_t released_first, released_count;
-	struct open_value *open_values; /* see track_open */
 	unsigned long notices_queued; /* sequence numbers, under notices_lock */
 	unsigned long notices_sent;
 };

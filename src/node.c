@@ -1,12 +1,14 @@
 /*
- * node: a hash table of (parent, name) -> node under one mutex, a sibling
- * list per directory for detaching subtrees, and a list of every node for
- * SIGHUP and cache invalidation. The mutex covers only these structures;
- * nothing here blocks.
+ * node: a hash table of (parent, name) -> attached node under one mutex, a
+ * sibling list per directory for detaching subtrees, and a list of every
+ * node for SIGHUP and clearing. The mutex covers only these structures;
+ * nothing here blocks, and a node's value is never written after the node
+ * is made, so reading it takes no lock.
  */
 #include "node.h"
 #include "cache.h"
 
+#include <errno.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,7 +23,8 @@ struct node_table {
 	size_t hashed;
 	struct node *all;
 	size_t count;
-	void (*drop)(struct blob *blob, void *ctx); /* see node_table_set_drop */
+	unsigned long generation; /* see node_generation */
+	void (*drop)(struct node *node, void *ctx); /* see node_table_set_drop */
 	void *drop_ctx;
 };
 
@@ -57,12 +60,11 @@ static void link_all(struct node_table *t, struct node *n)
 	t->count++;
 }
 
-static void node_free_one(struct node_table *t, struct node *n)
+void node_free(struct node *n)
 {
-	if (n->held && t && t->drop)
-		t->drop(n->held, t->drop_ctx);
-	else
-		blob_unref(n->held);
+	if (!n)
+		return;
+	blob_unref(n->value);
 	free(n->name);
 	free(n->src);
 	free(n->base);
@@ -79,12 +81,13 @@ static struct node *node_new(const char *name, const struct node_spec *spec)
 	n->src = spec->src ? strdup(spec->src) : NULL;
 	n->base = strdup(spec->base ? spec->base : "");
 	if (!n->name || (spec->src && !n->src) || !n->base) {
-		node_free_one(NULL, n);
+		node_free(n);
 		return NULL;
 	}
 	n->row = spec->row;
 	n->is_dir = spec->is_dir;
 	n->depth = spec->depth;
+	n->value = spec->value ? blob_ref(spec->value) : NULL;
 	return n;
 }
 
@@ -100,7 +103,7 @@ struct node_table *node_table_create(void)
 	t->root = node_new("", &root);
 	if (!t->buckets || !t->root) {
 		free(t->buckets);
-		free(t->root);
+		node_free(t->root);
 		free(t);
 		return NULL;
 	}
@@ -118,7 +121,7 @@ void node_table_destroy(struct node_table *t)
 	while (t->all) {
 		struct node *n = t->all;
 		t->all = n->all_next;
-		node_free_one(t, n);
+		node_free(n);
 	}
 	free(t->buckets);
 	pthread_mutex_destroy(&t->lock);
@@ -186,7 +189,10 @@ static void maybe_free(struct node_table *t, struct node *n)
 		if (n->all_next)
 			n->all_next->all_prev = n->all_prev;
 		t->count--;
-		node_free_one(t, n);
+		if (t->drop)
+			t->drop(n, t->drop_ctx);
+		else
+			node_free(n);
 		if (!parent)
 			break;
 		parent->children--;
@@ -194,17 +200,15 @@ static void maybe_free(struct node_table *t, struct node *n)
 	}
 }
 
-static void detach_locked(struct node_table *t, struct node *n, node_detached_fn each, void *ctx,
-			  bool supersede)
+static void detach_locked(struct node_table *t, struct node *n, node_unbound_fn each, void *ctx)
 {
 	if (!n->attached || n == t->root)
 		return;
-	n->superseded = supersede;
 	while (n->first_child) {
 		struct node *child = n->first_child;
 		if (each && child->nlookup > 0)
 			each(child, ctx);
-		detach_locked(t, child, each, ctx, supersede);
+		detach_locked(t, child, each, ctx);
 	}
 
 	struct node **slot = slot_of(t, n->parent, n->name);
@@ -222,32 +226,75 @@ static void detach_locked(struct node_table *t, struct node *n, node_detached_fn
 	maybe_free(t, n);
 }
 
-static bool matches(const struct node *n, const struct node_spec *spec)
+static bool same_place(const struct node *n, const struct node_spec *spec)
 {
 	return n->row == spec->row && n->is_dir == spec->is_dir &&
 	       ((!n->src && !spec->src) || (n->src && spec->src && strcmp(n->src, spec->src) == 0)) &&
 	       strcmp(n->base, spec->base ? spec->base : "") == 0;
 }
 
-struct node *node_child(struct node_table *t, struct node *parent, const char *name,
-			const struct node_spec *spec, bool lookup)
+static bool fetched_before(const struct blob *a, const struct blob *b)
 {
-	struct node *n;
+	return a->fetched.tv_sec < b->fetched.tv_sec ||
+	       (a->fetched.tv_sec == b->fetched.tv_sec && a->fetched.tv_nsec < b->fetched.tv_nsec);
+}
+
+/* Whether attached node `n` can answer for a lookup that got `value`: the
+ * same bytes (a volatile value fetched again, unchanged), or newer ones. */
+static bool shows_at_least(const struct node *n, const struct blob *value)
+{
+	if (!value || n->value == value)
+		return true;
+	if (!n->value)
+		return false;
+	return fetched_before(value, n->value) ||
+	       (n->value->len == value->len && memcmp(n->value->data, value->data, value->len) == 0);
+}
+
+unsigned long node_generation(struct node_table *t)
+{
+	unsigned long g;
 
 	pthread_mutex_lock(&t->lock);
+	g = t->generation;
+	pthread_mutex_unlock(&t->lock);
+	return g;
+}
+
+int node_child(struct node_table *t, struct node *parent, const char *name,
+	       const struct node_spec *spec, unsigned long generation, struct node **out)
+{
+	struct node *n;
+	int err = 0;
+
+	pthread_mutex_lock(&t->lock);
+	if (generation != NODE_ANY_GENERATION && t->generation != generation) {
+		err = -EAGAIN;
+		goto out;
+	}
 	n = *slot_of(t, parent, name);
-	if (n && !matches(n, spec)) {
-		/* IMDS changed what this name is (a file became a directory). */
-		detach_locked(t, n, NULL, NULL, true);
+	if (n && !(same_place(n, spec) && shows_at_least(n, spec->value))) {
+		/* The name shows something else now: a volatile value that
+		 * changed, or IMDS made a file a directory. The kernel is
+		 * asking about this very name, so it learns of the new node
+		 * from this lookup's reply. */
+		detach_locked(t, n, NULL, NULL);
 		n = NULL;
 	}
-	if (!n && parent->attached) {
+	if (!n) {
 		n = node_new(name, spec);
-		if (n) {
-			n->parent = parent;
-			n->stable_ino = node_stable_ino(parent, name);
+		if (!n) {
+			err = -ENOMEM;
+			goto out;
+		}
+		n->parent = parent;
+		n->stable_ino = node_stable_ino(parent, name);
+		parent->children++;
+		link_all(t, n);
+		/* Under a directory removed while we looked, the node answers
+		 * this lookup but is nobody's to find again. */
+		if (parent->attached) {
 			n->attached = true;
-			parent->children++;
 			n->next_sibling = parent->first_child;
 			if (parent->first_child)
 				parent->first_child->prev_sibling = n;
@@ -255,25 +302,15 @@ struct node *node_child(struct node_table *t, struct node *parent, const char *n
 			struct node **slot = &t->buckets[bucket_of(t, parent, name)];
 			n->hash_next = *slot;
 			*slot = n;
-			link_all(t, n);
 			if (++t->hashed > t->nbuckets)
 				grow(t);
 		}
-	} else if (!n) {
-		/* The directory was removed while we looked: a detached parent
-		 * still answers, with a node nobody else can find. */
-		n = node_new(name, spec);
-		if (n) {
-			n->parent = parent;
-			n->stable_ino = node_stable_ino(parent, name);
-			parent->children++;
-			link_all(t, n);
-		}
 	}
-	if (n && lookup)
-		n->nlookup++;
+	n->nlookup++;
+	*out = n;
+out:
 	pthread_mutex_unlock(&t->lock);
-	return n;
+	return err;
 }
 
 struct node *node_find(struct node_table *t, struct node *parent, const char *name)
@@ -296,27 +333,21 @@ void node_forget(struct node_table *t, struct node *n, uint64_t count)
 	pthread_mutex_unlock(&t->lock);
 }
 
-void node_detach(struct node_table *t, struct node *n, node_detached_fn each, void *ctx)
+void node_detach(struct node_table *t, struct node *n, node_unbound_fn each, void *ctx)
 {
 	pthread_mutex_lock(&t->lock);
-	detach_locked(t, n, each, ctx, false);
-	pthread_mutex_unlock(&t->lock);
-}
-
-void node_supersede(struct node_table *t, struct node *n)
-{
-	pthread_mutex_lock(&t->lock);
-	detach_locked(t, n, NULL, NULL, true);
+	detach_locked(t, n, each, ctx);
 	pthread_mutex_unlock(&t->lock);
 }
 
 void node_supersede_matching(struct node_table *t, bool (*match)(struct node *, void *),
-			     void *ctx)
+			     void *ctx, node_unbound_fn each, void *each_ctx)
 {
 	struct node **found = NULL;
 	size_t count = 0, cap = 0;
 
 	pthread_mutex_lock(&t->lock);
+	t->generation++;
 	for (struct node *n = t->all; n; n = n->all_next) {
 		if (!n->attached || n->is_dir || !match(n, ctx))
 			continue;
@@ -332,79 +363,32 @@ void node_supersede_matching(struct node_table *t, bool (*match)(struct node *, 
 	}
 	/* Files have no children: detaching one frees at most itself and
 	 * directories above it, never another entry of `found`. */
-	for (size_t i = 0; i < count; i++)
-		detach_locked(t, found[i], NULL, NULL, true);
+	for (size_t i = 0; i < count; i++) {
+		if (each && found[i]->nlookup > 0)
+			each(found[i], each_ctx);
+		detach_locked(t, found[i], NULL, NULL);
+	}
 	pthread_mutex_unlock(&t->lock);
 	free(found);
 }
 
-bool node_is_superseded(struct node_table *t, struct node *n)
-{
-	bool superseded;
-
-	pthread_mutex_lock(&t->lock);
-	superseded = n->superseded;
-	pthread_mutex_unlock(&t->lock);
-	return superseded;
-}
-
-void node_detach_all(struct node_table *t, node_detached_fn each, void *ctx)
+void node_detach_all(struct node_table *t, node_unbound_fn each, void *ctx)
 {
 	pthread_mutex_lock(&t->lock);
+	t->generation++;
 	while (t->root->first_child) {
 		struct node *child = t->root->first_child;
 		if (each && child->nlookup > 0)
 			each(child, ctx);
-		detach_locked(t, child, each, ctx, true);
+		detach_locked(t, child, each, ctx);
 	}
 	pthread_mutex_unlock(&t->lock);
 }
 
-void node_for_each_known(struct node_table *t, void (*fn)(struct node *, void *), void *ctx)
-{
-	pthread_mutex_lock(&t->lock);
-	for (struct node *n = t->all; n; n = n->all_next)
-		if (n->nlookup > 0 || n == t->root)
-			fn(n, ctx);
-	pthread_mutex_unlock(&t->lock);
-}
-
-static bool fetched_before(const struct blob *a, const struct blob *b)
-{
-	return a->fetched.tv_sec < b->fetched.tv_sec ||
-	       (a->fetched.tv_sec == b->fetched.tv_sec && a->fetched.tv_nsec < b->fetched.tv_nsec);
-}
-
-void node_table_set_drop(struct node_table *t, void (*drop)(struct blob *, void *), void *ctx)
+void node_table_set_drop(struct node_table *t, void (*drop)(struct node *, void *), void *ctx)
 {
 	pthread_mutex_lock(&t->lock);
 	t->drop = drop;
 	t->drop_ctx = ctx;
 	pthread_mutex_unlock(&t->lock);
 }
-
-struct blob *node_hold(struct node_table *t, struct node *n, struct blob *content)
-{
-	struct blob *old = NULL, *kept;
-
-	pthread_mutex_lock(&t->lock);
-	if (!n->held || !fetched_before(content, n->held)) {
-		old = n->held;
-		n->held = blob_ref(content);
-	}
-	kept = blob_ref(n->held);
-	pthread_mutex_unlock(&t->lock);
-	blob_unref(old);
-	return kept;
-}
-
-struct blob *node_held(struct node_table *t, struct node *n)
-{
-	struct blob *b;
-
-	pthread_mutex_lock(&t->lock);
-	b = n->held ? blob_ref(n->held) : NULL;
-	pthread_mutex_unlock(&t->lock);
-	return b;
-}
-

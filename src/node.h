@@ -2,19 +2,27 @@
  * node: the inodes the kernel knows, and what each one stands for.
  *
  * A node is a name in a directory bound to a tree row and to the IMDS path
- * it reads. Its FUSE inode number is its address (as libfuse's
- * passthrough_ll does), so finding a node from a request takes no lock.
- * Nodes live while the kernel holds a lookup reference or while they are
- * attached to their name; `rm` detaches a node, so the next lookup of that
- * name makes a new inode with no stale page cache or attributes.
+ * it reads; a file node also holds its value, fixed when the node is made.
+ * An inode's bytes and size so never change: the kernel may keep its pages
+ * and attributes for as long as it likes, and reads need no open (the
+ * daemon runs with FUSE_CAP_NO_OPEN_SUPPORT) and no lock. When a name must
+ * show another value (rm, SIGHUP, a volatile value that changed), the name
+ * gets a new node; the old one lives on, unchanged, for the files still
+ * open on it, until the kernel forgets it.
+ *
+ * A node's FUSE inode number is its address (as libfuse's passthrough_ll
+ * does), so finding a node from a request takes no lock.
  */
 #ifndef IMDSFS_NODE_H
 #define IMDSFS_NODE_H
 
 #include "tree.h"
 
+#include <limits.h>
 #include <stdbool.h>
 #include <stdint.h>
+
+struct blob;
 
 struct node {
 	struct node *parent;
@@ -22,14 +30,13 @@ struct node {
 	const struct tree_row *row;
 	char *src;	    /* file: IMDS path of its value; dir: of its listing, or NULL */
 	char *base;	    /* the IMDS prefix child rows' sources are relative to */
+	struct blob *value; /* a file's bytes, never changed; NULL for a directory */
 	uint64_t stable_ino; /* st_ino: a hash of the path, the same across rm */
 	unsigned int depth;  /* directories below raw/ */
 	bool is_dir;
 
 	/* Owned by the table's lock. */
-	struct blob *held; /* the bytes this inode shows (see node_hold) */
-	bool attached;
-	bool superseded; /* unbound because its value changed (node_supersede) */
+	bool attached; /* the node its name shows now */
 	uint64_t nlookup;
 	unsigned int children; /* child nodes whose parent pointer is this node */
 	struct node *first_child, *next_sibling, *prev_sibling;
@@ -42,6 +49,7 @@ struct node_spec {
 	const struct tree_row *row;
 	const char *src;
 	const char *base;
+	struct blob *value; /* a file's bytes (the node takes a reference) */
 	bool is_dir;
 	unsigned int depth;
 };
@@ -60,12 +68,26 @@ struct node *node_from_ino(struct node_table *table, uint64_t ino);
 uint64_t node_stable_ino(const struct node *dir, const char *name);
 
 /*
- * The child `name` of `parent`, made from `spec` unless one that matches it
- * is attached already (one that no longer matches is detached and
- * replaced). Takes a lookup reference when `lookup`. NULL when out of memory.
+ * How many times names were unbound because cached values were cleared
+ * (node_supersede_matching, node_detach_all). A lookup reads it before it
+ * fetches, and hands it to node_child.
  */
-struct node *node_child(struct node_table *table, struct node *parent, const char *name,
-			const struct node_spec *spec, bool lookup);
+unsigned long node_generation(struct node_table *table);
+/* For node_child: whatever the generation is now. */
+#define NODE_ANY_GENERATION ULONG_MAX
+
+/*
+ * The node `name` in `parent` shows for `spec`, with one more lookup
+ * reference, in *out. The attached one when it stands for the same thing
+ * and shows the same bytes or newer ones (a lookup that fetched slowly
+ * must not bring back an older value); otherwise a new node, attached in
+ * its place. Returns 0, -ENOMEM, or -EAGAIN when the generation is no
+ * longer `generation` (unless that is NODE_ANY_GENERATION): a clear came
+ * after the caller fetched spec->value, which may be stale, so it should
+ * fetch again.
+ */
+int node_child(struct node_table *table, struct node *parent, const char *name,
+	       const struct node_spec *spec, unsigned long generation, struct node **out);
 
 /* The attached child `name` with one more lookup reference (drop it with
  * node_forget), or NULL. */
@@ -74,59 +96,38 @@ struct node *node_find(struct node_table *table, struct node *parent, const char
 /* The kernel dropped `count` lookup references. */
 void node_forget(struct node_table *table, struct node *node, uint64_t count);
 
-/* Told of each node the kernel knows that a detach unbinds below the one
- * asked for; called under the table lock (so it must not block or call back
- * into the table), before the node is unbound. */
-typedef void (*node_detached_fn)(struct node *node, void *ctx);
+/* Told of each node the kernel knows (nlookup > 0) that is unbound from
+ * its name; called under the table lock (so it must not block or call back
+ * into the table), while the node and its parent are still valid. */
+typedef void (*node_unbound_fn)(struct node *node, void *ctx);
 
-/* Unbind `node` (and everything below it) from its name. */
-void node_detach(struct node_table *table, struct node *node, node_detached_fn each, void *ctx);
+/* Unbind `node` (and everything below it) from its name; `each` hears of
+ * the nodes below it. */
+void node_detach(struct node_table *table, struct node *node, node_unbound_fn each, void *ctx);
 
 /*
- * Unbind `node` because the value it shows changed under another name (rm
- * of a raw/ twin, of a value derived from the same document) or by SIGHUP.
- * Its inode keeps its value for the files open on it, but refuses new
- * opens and path lookups with ESTALE: the kernel then walks the path again,
- * revalidating every name, and finds the new node. An inode's value so
- * never changes, so the kernel's pages and size for it are never wrong.
+ * Unbind every attached file node for which match() says yes (its cached
+ * value was cleared), telling `each` of those the kernel knows, and start
+ * a new generation. Called after the cache is cleared, so that a lookup
+ * that fetched before the clear either finds its node unbound here or is
+ * told to fetch again by node_child. match() runs under the table lock.
  */
-void node_supersede(struct node_table *table, struct node *node);
-bool node_is_superseded(struct node_table *table, struct node *node);
-/* node_supersede every attached file node for which match() says yes
- * (called under the table lock: it must not block). */
 void node_supersede_matching(struct node_table *table, bool (*match)(struct node *node, void *ctx),
-			     void *ctx);
+			     void *ctx, node_unbound_fn each, void *each_ctx);
 
-/* Unbind every child of the root (SIGHUP), superseding them; `each` hears
- * of all of them. */
-void node_detach_all(struct node_table *table, node_detached_fn each, void *ctx);
-
-/* Call fn for every node the kernel holds (nlookup > 0), under the table
- * lock: fn must not block or call back into the table. */
-void node_for_each_known(struct node_table *table, void (*fn)(struct node *node, void *ctx),
-			 void *ctx);
-
-struct blob;
+/* Unbind every child of the root (SIGHUP, after the cache is cleared) and
+ * start a new generation; `each` hears of all the known nodes. */
+void node_detach_all(struct node_table *table, node_unbound_fn each, void *ctx);
 
 /*
- * The bytes a file node last showed the kernel (its size came from them):
- * an open serves these, so that what is read matches the size the kernel
- * has. node_hold keeps `content` unless the node already holds a value
- * fetched later (a slow lookup must not bring back an older value), and
- * returns a new reference to what the node holds. node_held returns a new
- * reference or NULL. Detaching a directory drops the values held below it
- * (a removed directory's inodes can linger in the kernel for long).
+ * How the table gets rid of a node nobody holds any more: `drop` takes it
+ * over, to free it with node_free a moment later (fs.c does, as a READ can
+ * still be answering from it when the kernel forgets it). NULL: at once.
+ * Called under the table lock.
  */
-struct blob *node_hold(struct node_table *table, struct node *node, struct blob *content);
-
-/*
- * How a freed node lets go of the value it held: `drop` takes over the
- * reference (fs.c frees it a moment later, as a READ may still be sending
- * it). NULL: at once. Called under the table lock.
- */
-void node_table_set_drop(struct node_table *table, void (*drop)(struct blob *blob, void *ctx),
+void node_table_set_drop(struct node_table *table, void (*drop)(struct node *node, void *ctx),
 			 void *ctx);
-struct blob *node_held(struct node_table *table, struct node *node);
-
+/* Free a node the table dropped, with its value. */
+void node_free(struct node *node);
 
 #endif

@@ -241,7 +241,7 @@ static int get_formatted(struct resolver *r, const struct tree_row *row, const c
 	return err;
 }
 
-int resolve_content(struct resolver *r, const struct node *file, struct blob **out)
+static int resolve_content(struct resolver *r, const struct node *file, struct blob **out)
 {
 	char *path = NULL;
 	int err;
@@ -420,15 +420,17 @@ static void fill_attr(const struct node_spec *spec, const struct blob *content,
 	}
 }
 
-void resolve_attr_of(const struct node *n, const struct blob *content, struct resolve_attr *attr)
+void resolve_attr_of(const struct node *n, struct resolve_attr *attr)
 {
 	struct node_spec spec = {.row = n->row, .src = n->src, .is_dir = n->is_dir};
 
-	fill_attr(&spec, content, attr);
+	fill_attr(&spec, n->value, attr);
 }
 
-int resolve_lookup(struct resolver *r, struct node *dir, const char *name, struct node **out,
-		   struct resolve_attr *attr, struct blob **content_out)
+/* What `name` in `dir` stands for, and its value when it is a file: one
+ * attempt of resolve_lookup. */
+static int lookup_once(struct resolver *r, struct node *dir, const char *name,
+		       unsigned long generation, struct node **out)
 {
 	struct node_spec spec = {0};
 	const struct tree_listing *l;
@@ -436,14 +438,7 @@ int resolve_lookup(struct resolver *r, struct node *dir, const char *name, struc
 	const struct tree_entry *e;
 	const struct tree_row *row = NULL;
 	bool base_owned = false;
-	struct blob *content = NULL;
 	int err = 0;
-
-	*out = NULL;
-	if (content_out)
-		*content_out = NULL;
-	if (!tree_name_is_valid(name, strlen(name)))
-		return -ENOENT;
 
 	switch (dir->row->kind) {
 	case TREE_DIR:
@@ -477,8 +472,8 @@ int resolve_lookup(struct resolver *r, struct node *dir, const char *name, struc
 	}
 
 	struct node probe = {.row = spec.row, .src = (char *)spec.src, .is_dir = spec.is_dir};
-	if (!spec.is_dir && !resolve_is_volatile(&probe))
-		err = resolve_content(r, &probe, &content); /* st_size must be exact */
+	if (!spec.is_dir)
+		err = resolve_content(r, &probe, &spec.value);
 	else if (row)
 		err = check_present(r, row, spec.src);
 	if (err == -ENOENT && !row && dir->src) {
@@ -487,22 +482,31 @@ int resolve_lookup(struct resolver *r, struct node *dir, const char *name, struc
 		log_debug("%s%s is gone; re-reading its listing next time", dir->src, name);
 		cache_clear(r->cache, dir->src);
 	}
-	if (err)
-		goto out;
-
-	*out = node_child(r->nodes, dir, name, &spec, true);
-	if (!*out) {
-		err = -ENOMEM;
-		goto out;
-	}
-	fill_attr(&spec, content, attr);
-	if (content_out) {
-		*content_out = content;
-		content = NULL;
-	}
+	if (!err)
+		err = node_child(r->nodes, dir, name, &spec, generation, out);
 out:
-	blob_unref(content);
+	blob_unref(spec.value);
 	spec_free(&spec, base_owned);
+	return err;
+}
+
+/* A lookup that saw a clear after it fetched starts over, a few times:
+ * past that (a storm of rm during slow fetches), it answers with what its
+ * last attempt fetched. */
+#define LOOKUP_ATTEMPTS 4
+
+int resolve_lookup(struct resolver *r, struct node *dir, const char *name, struct node **out)
+{
+	int err = -EAGAIN;
+
+	*out = NULL;
+	if (!tree_name_is_valid(name, strlen(name)))
+		return -ENOENT;
+	for (int attempt = 1; err == -EAGAIN; attempt++)
+		err = lookup_once(r, dir, name,
+				  attempt < LOOKUP_ATTEMPTS ? node_generation(r->nodes)
+							    : NODE_ANY_GENERATION,
+				  out);
 	return err;
 }
 

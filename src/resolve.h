@@ -26,28 +26,22 @@ struct resolver {
 
 struct resolve_attr {
 	bool is_dir;
-	bool is_volatile;  /* fetched on every open, never cached; size 0 */
+	bool is_volatile;  /* fetched again at every lookup of its name */
 	bool is_sensitive; /* mode 0400 */
 	size_t size;
 	struct timespec mtime; /* when the value was fetched; 0 when unknown */
 };
 
 /*
- * Look `name` up in `dir`: 0 with a node holding one new lookup reference,
- * or -errno (-ENOENT when IMDS has no such value). A non-volatile file's
- * value is fetched (through the cache) to know its size, and handed back in
- * *content when content is not NULL. Blocks on IMDS on a miss.
+ * Look `name` up in `dir`: 0 with the node it shows, holding one new lookup
+ * reference, or -errno (-ENOENT when IMDS has no such value). A file's
+ * value is fetched (through the cache, or afresh when volatile), as its
+ * node holds it and its size must be exact. Blocks on IMDS on a miss.
  */
-int resolve_lookup(struct resolver *r, struct node *dir, const char *name, struct node **out,
-		   struct resolve_attr *attr, struct blob **content);
+int resolve_lookup(struct resolver *r, struct node *dir, const char *name, struct node **out);
 
-/* The attributes of a node showing `content` (NULL for a directory). */
-void resolve_attr_of(const struct node *node, const struct blob *content,
-		     struct resolve_attr *attr);
-
-/* The bytes a file holds: 0 and a blob reference, or -errno. Volatile
- * values are fetched every time. */
-int resolve_content(struct resolver *r, const struct node *file, struct blob **out);
+/* The attributes of a node (from the value it holds). */
+void resolve_attr_of(const struct node *node, struct resolve_attr *attr);
 
 struct resolve_dirent {
 	char *name;
