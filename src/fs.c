@@ -11,17 +11,17 @@
  * timeout of zero, so every path walk looks it up again and gets a fresh
  * value (a new inode when it changed). `rm FILE` and `rmdir DIR` clear the
  * cache and detach the removed node; other names that showed what was
- * cleared (raw/ twins, values derived from one document) are unbound, and
- * the kernel is told to let their dentries expire, so that its next walk
- * asks us and finds the new value. Those notices go from a housekeeping
- * thread, never from inside the request they concern.
+ * cleared (raw/ twins, values derived from one document) are superseded:
+ * before rm returns, the kernel is told their inodes' attributes are
+ * stale, so its next use of such a name by path asks us, is refused with
+ * ESTALE, and walks the path again to the new node. Those notices go from
+ * a housekeeping thread, never from inside the request they concern.
  */
 #include "fs.h"
 #include "fetch.h"
 #include "log.h"
 
 #include <fuse_lowlevel.h>
-#include <linux/fuse.h>
 
 #include <errno.h>
 #include <fcntl.h>
@@ -29,17 +29,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/uio.h>
 #include <unistd.h>
 
-#ifndef FUSE_EXPIRE_ONLY
-#define FUSE_EXPIRE_ONLY (1 << 0)
-#endif
-/* The kernel protocol that knows FUSE_EXPIRE_ONLY (Linux 6.2). */
-#define EXPIRE_ONLY_MINOR 38
-
 enum notice_kind {
-	NOTICE_EXPIRE, /* name in ino shows another inode now: ask again */
+	NOTICE_ATTRS,  /* ino's attributes are stale: ask before using it by path */
 	NOTICE_DELETE, /* name in ino (which was child) is gone: drop the
 			* dentry and let the inode go, so its node is forgotten */
 };
@@ -47,7 +40,7 @@ enum notice_kind {
 struct fs_notice {
 	struct fs_notice *next;
 	enum notice_kind kind;
-	fuse_ino_t ino; /* the parent */
+	fuse_ino_t ino; /* NOTICE_DELETE: the parent */
 	fuse_ino_t child;
 	char *name;
 };
@@ -56,9 +49,9 @@ struct fs_notice {
 #define WAKE_RELOAD  'h'
 #define WAKE_QUIT    'q'
 
-/* How long `rm` waits for the kernel to hear about the other names it
- * touched. Bounded because a notice can wait for a directory lock that a
- * lookup blocked on IMDS holds. */
+/* How long `rm` waits for the kernel to hear about the other inodes it
+ * touched. Bounded because a SIGHUP's notices can need a directory lock
+ * that an unlink in progress holds. */
 #define NOTICE_WAIT_MS 1000
 
 /*
@@ -98,7 +91,7 @@ static struct fs_notice *new_notice(enum notice_kind kind, fuse_ino_t ino, fuse_
 {
 	struct fs_notice *n = calloc(1, sizeof(*n));
 
-	if (!n || !(n->name = strdup(name))) {
+	if (!n || (name && !(n->name = strdup(name)))) {
 		free(n);
 		log_warning("out of memory: a kernel cache invalidation was dropped");
 		return NULL;
@@ -127,9 +120,12 @@ static void post_notices(struct imdsfs *fs, struct fs_notice *list)
 }
 
 /* Wait until every notice queued so far has reached the kernel, so that a
- * read right after `rm` returns never sees another name's old value. */
-static void wait_for_notices(struct imdsfs *fs)
+ * read right after `rm` returns never sees another name's old value.
+ * Returns false when that took longer than NOTICE_WAIT_MS. */
+static bool wait_for_notices(struct imdsfs *fs)
 {
+	bool sent;
+
 	struct timespec until;
 
 	clock_gettime(CLOCK_REALTIME, &until);
@@ -142,38 +138,9 @@ static void wait_for_notices(struct imdsfs *fs)
 		if (pthread_cond_timedwait(&fs->notices_sent_cond, &fs->notices_lock, &until) ==
 		    ETIMEDOUT)
 			break;
+	sent = !fs->housekeeper_running || fs->notices_sent >= target;
 	pthread_mutex_unlock(&fs->notices_lock);
-}
-
-/*
- * FUSE_NOTIFY_INVAL_ENTRY with FUSE_EXPIRE_ONLY: the kernel marks the
- * dentry expired, so that its next path walk through the name asks us,
- * and, unlike a plain invalidation, takes no directory lock (an rm in
- * progress holds the lock of the directory it removes from, which may be
- * the directory of a twin). libfuse wraps this message only from 3.16
- * (fuse_lowlevel_notify_expire_entry); Debian 12 has 3.14, so it is
- * written here, as libfuse writes notifications: one writev on the
- * session's fd.
- */
-static int notify_expire_entry(struct fuse_session *se, fuse_ino_t parent, const char *name)
-{
-	size_t namelen = strlen(name);
-	struct fuse_notify_inval_entry_out arg = {
-		.parent = parent,
-		.namelen = (uint32_t)namelen,
-		.flags = FUSE_EXPIRE_ONLY,
-	};
-	struct fuse_out_header out = {
-		.len = (uint32_t)(sizeof(out) + sizeof(arg) + namelen + 1),
-		.error = FUSE_NOTIFY_INVAL_ENTRY,
-	};
-	struct iovec iov[] = {
-		{&out, sizeof(out)},
-		{&arg, sizeof(arg)},
-		{(void *)name, namelen + 1},
-	};
-
-	return writev(fuse_session_fd(se), iov, 3) < 0 ? -errno : 0;
+	return sent;
 }
 
 static void send_notices(struct imdsfs *fs)
@@ -189,17 +156,14 @@ static void send_notices(struct imdsfs *fs)
 	while (list) {
 		struct fs_notice *n = list;
 		list = n->next;
-		/* -ENOENT only means the kernel had already forgotten it. */
-		if (!fs->session)
-			;
-		else if (n->kind == NOTICE_DELETE)
+		/* -ENOENT only means the kernel had already forgotten it. An
+		 * offset of -1 keeps the inode's pages: its bytes are still
+		 * right for the files open on it. */
+		if (fs->session && n->kind == NOTICE_ATTRS)
+			fuse_lowlevel_notify_inval_inode(fs->session, n->ino, -1, 0);
+		else if (fs->session)
 			fuse_lowlevel_notify_delete(fs->session, n->ino, n->child, n->name,
 						    strlen(n->name));
-		else if (fs->expire_only)
-			notify_expire_entry(fs->session, n->ino, n->name);
-		else
-			fuse_lowlevel_notify_inval_entry(fs->session, n->ino, n->name,
-							 strlen(n->name));
 		free(n->name);
 		free(n);
 	}
@@ -212,20 +176,46 @@ static void send_notices(struct imdsfs *fs)
 /* Notices gathered under the node table's lock, posted once it is let go. */
 struct notices {
 	struct node_table *nodes;
-	enum notice_kind kind;
 	struct fs_notice *list;
 };
 
-static void note_unbound(struct node *n, void *ctx)
+static void add_notice(struct notices *d, enum notice_kind kind, struct node *n)
 {
-	struct notices *d = ctx;
-	struct fs_notice *notice = new_notice(d->kind, node_ino(d->nodes, n->parent),
-					      node_ino(d->nodes, n), n->name);
+	struct fs_notice *notice =
+		kind == NOTICE_ATTRS
+			? new_notice(kind, node_ino(d->nodes, n), 0, NULL)
+			: new_notice(kind, node_ino(d->nodes, n->parent), node_ino(d->nodes, n),
+				     n->name);
 
 	if (notice) {
 		notice->next = d->list;
 		d->list = notice;
 	}
+}
+
+/* A superseded file: the kernel must ask before using it by path again. */
+static void note_superseded(struct node *n, void *ctx)
+{
+	add_notice(ctx, NOTICE_ATTRS, n);
+}
+
+/*
+ * A node unbound below an rm -r'd directory: tell the kernel the name is
+ * gone. Otherwise its inode, still linked as far as the kernel knows, can
+ * sit in the kernel's caches for long, and the node with the value it
+ * holds would never be forgotten.
+ */
+static void note_deleted(struct node *n, void *ctx)
+{
+	add_notice(ctx, NOTICE_DELETE, n);
+}
+
+/* SIGHUP: both (the delete can fail, for a directory still in use). */
+static void note_gone(struct node *n, void *ctx)
+{
+	if (!n->is_dir)
+		note_superseded(n, ctx);
+	note_deleted(n, ctx);
 }
 
 static bool shows_cleared(struct node *n, void *ctx)
@@ -235,22 +225,17 @@ static bool shows_cleared(struct node *n, void *ctx)
 	return !resolve_is_volatile(n) && resolve_cleared_covers(cleared, n);
 }
 
-/*
- * SIGHUP: clear every cache and the token, then unbind every name (after
+/* SIGHUP: clear every cache and the token, then unbind every name (after
  * the clear, so that no lookup can bind an old value again) and tell the
- * kernel each name it knows is gone. The nodes below the root are deleted
- * rather than expired: otherwise an inode nobody walks to again could sit
- * in the kernel's caches for long, and its node with its value would never
- * be forgotten.
- */
+ * kernel each name it knows is gone. */
 static void reload(struct imdsfs *fs)
 {
-	struct notices gone = {fs->resolver.nodes, NOTICE_DELETE, NULL};
+	struct notices gone = {fs->resolver.nodes, NULL};
 
 	log_info("SIGHUP: clearing every cached value and the token");
 	cache_clear_prefix(fs->resolver.cache, "");
 	fetch_forget_token(fs->resolver.fetcher);
-	node_detach_all(fs->resolver.nodes, note_unbound, &gone);
+	node_detach_all(fs->resolver.nodes, note_gone, &gone);
 	post_notices(fs, gone.list);
 	send_notices(fs);
 }
@@ -405,13 +390,6 @@ static void imdsfs_init(void *userdata, struct fuse_conn_info *conn)
 	if (conn->capable & FUSE_CAP_PARALLEL_DIROPS)
 		conn->want |= FUSE_CAP_PARALLEL_DIROPS;
 	fs->no_open = (conn->want & FUSE_CAP_NO_OPEN_SUPPORT) != 0;
-	fs->expire_only = conn->proto_major > 7 ||
-			  (conn->proto_major == 7 && conn->proto_minor >= EXPIRE_ONLY_MINOR);
-	if (!fs->expire_only)
-		log_info("this kernel (FUSE 7.%u) cannot expire a name without its directory's "
-			 "lock: after rm, other names showing what it cleared are refreshed "
-			 "moments later, not at once",
-			 conn->proto_minor);
 
 	node_table_set_drop(fs->resolver.nodes, free_later, fs);
 	err = pthread_create(&fs->housekeeper, NULL, housekeeper, fs);
@@ -522,9 +500,18 @@ static void imdsfs_forget_multi(fuse_req_t req, size_t count, struct fuse_forget
 static void imdsfs_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct imdsfs *fs = fs_of(req);
+	struct node *n = node_of(fs, ino);
 	struct stat st;
 
-	stat_of(fs, node_of(fs, ino), &st);
+	/* Asked by path (and fstat) for a superseded inode: ESTALE makes the
+	 * kernel walk the path again, looking every name up, and so find the
+	 * name's new node. A read of a file open on it (which comes with a
+	 * file) gets its own, unchanging attributes. */
+	if (!fi && node_is_superseded(fs->resolver.nodes, n)) {
+		fuse_reply_err(req, ESTALE);
+		return;
+	}
+	stat_of(fs, n, &st);
 	fuse_reply_attr(req, &st, FS_CACHE_TIMEOUT);
 }
 
@@ -665,8 +652,8 @@ static void remove_entry(fuse_req_t req, fuse_ino_t parent, const char *name, bo
 	struct node *dir = node_of(fs, parent);
 	struct node *n = node_find(fs->resolver.nodes, dir, name);
 	struct resolve_cleared cleared = {0};
-	struct notices gone = {fs->resolver.nodes, NOTICE_DELETE, NULL};
-	struct notices others = {fs->resolver.nodes, NOTICE_EXPIRE, NULL};
+	struct notices gone = {fs->resolver.nodes, NULL};
+	struct notices others = {fs->resolver.nodes, NULL};
 	int err = 0;
 
 	if (!n) {
@@ -683,22 +670,23 @@ static void remove_entry(fuse_req_t req, fuse_ino_t parent, const char *name, bo
 		fuse_reply_err(req, want_dir ? ENOTDIR : EISDIR);
 		return;
 	}
-	node_detach(fs->resolver.nodes, n, note_unbound, &gone);
+	node_detach(fs->resolver.nodes, n, note_deleted, &gone);
 	resolve_clear(&fs->resolver, n, &cleared);
 	log_debug("rm %s: cleared %zu cache keys", name, cleared.count);
-	node_supersede_matching(fs->resolver.nodes, shows_cleared, &cleared, note_unbound,
+	node_supersede_matching(fs->resolver.nodes, shows_cleared, &cleared, note_superseded,
 				&others);
 	resolve_cleared_free(&cleared);
 	node_forget(fs->resolver.nodes, n, 1);
-	if (fs->expire_only) {
-		post_notices(fs, others.list);
-		others.list = NULL;
-		wait_for_notices(fs);
-	}
-	fuse_reply_err(req, 0);
-	/* After the reply: these need the lock of a directory this request's
-	 * caller holds (the removed one, or on older kernels the parent). */
+	/* Attribute notices take no lock the caller holds: wait for them, so
+	 * that no read after rm returns finds another name's old value. */
 	post_notices(fs, others.list);
+	if (!wait_for_notices(fs))
+		log_warning("rm %s: the kernel took over %d ms to hear which other files "
+			    "changed; they may show their old values for a moment",
+			    name, NOTICE_WAIT_MS);
+	fuse_reply_err(req, 0);
+	/* After the reply: these need the lock of the removed directory,
+	 * which this request's caller holds. */
 	post_notices(fs, gone.list);
 }
 

@@ -32,8 +32,7 @@ struct imdsfs {
 	time_t started;
 	struct fuse_session *session;
 	int ready_fd; /* written to once the mount answers (daemonizing), or -1 */
-	bool no_open;	  /* the kernel opens files without asking us */
-	bool expire_only; /* the kernel can expire a name without locking */
+	bool no_open; /* the kernel opens files without asking us */
 
 	/* The housekeeping thread: kernel invalidations and SIGHUP. */
 	int wake[2];

@@ -200,15 +200,17 @@ static void maybe_free(struct node_table *t, struct node *n)
 	}
 }
 
-static void detach_locked(struct node_table *t, struct node *n, node_unbound_fn each, void *ctx)
+static void detach_locked(struct node_table *t, struct node *n, node_unbound_fn each, void *ctx,
+			  bool supersede)
 {
 	if (!n->attached || n == t->root)
 		return;
+	n->superseded = supersede;
 	while (n->first_child) {
 		struct node *child = n->first_child;
 		if (each && child->nlookup > 0)
 			each(child, ctx);
-		detach_locked(t, child, each, ctx);
+		detach_locked(t, child, each, ctx, supersede);
 	}
 
 	struct node **slot = slot_of(t, n->parent, n->name);
@@ -278,7 +280,7 @@ int node_child(struct node_table *t, struct node *parent, const char *name,
 		 * changed, or IMDS made a file a directory. The kernel is
 		 * asking about this very name, so it learns of the new node
 		 * from this lookup's reply. */
-		detach_locked(t, n, NULL, NULL);
+		detach_locked(t, n, NULL, NULL, false);
 		n = NULL;
 	}
 	if (!n) {
@@ -336,7 +338,7 @@ void node_forget(struct node_table *t, struct node *n, uint64_t count)
 void node_detach(struct node_table *t, struct node *n, node_unbound_fn each, void *ctx)
 {
 	pthread_mutex_lock(&t->lock);
-	detach_locked(t, n, each, ctx);
+	detach_locked(t, n, each, ctx, false);
 	pthread_mutex_unlock(&t->lock);
 }
 
@@ -366,7 +368,7 @@ void node_supersede_matching(struct node_table *t, bool (*match)(struct node *, 
 	for (size_t i = 0; i < count; i++) {
 		if (each && found[i]->nlookup > 0)
 			each(found[i], each_ctx);
-		detach_locked(t, found[i], NULL, NULL);
+		detach_locked(t, found[i], NULL, NULL, true);
 	}
 	pthread_mutex_unlock(&t->lock);
 	free(found);
@@ -380,9 +382,19 @@ void node_detach_all(struct node_table *t, node_unbound_fn each, void *ctx)
 		struct node *child = t->root->first_child;
 		if (each && child->nlookup > 0)
 			each(child, ctx);
-		detach_locked(t, child, each, ctx);
+		detach_locked(t, child, each, ctx, true);
 	}
 	pthread_mutex_unlock(&t->lock);
+}
+
+bool node_is_superseded(struct node_table *t, struct node *n)
+{
+	bool superseded;
+
+	pthread_mutex_lock(&t->lock);
+	superseded = n->superseded;
+	pthread_mutex_unlock(&t->lock);
+	return superseded;
 }
 
 void node_table_set_drop(struct node_table *t, void (*drop)(struct node *, void *), void *ctx)

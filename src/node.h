@@ -36,7 +36,8 @@ struct node {
 	bool is_dir;
 
 	/* Owned by the table's lock. */
-	bool attached; /* the node its name shows now */
+	bool attached;	 /* the node its name shows now */
+	bool superseded; /* unbound because its value was cleared (see below) */
 	uint64_t nlookup;
 	unsigned int children; /* child nodes whose parent pointer is this node */
 	struct node *first_child, *next_sibling, *prev_sibling;
@@ -107,17 +108,26 @@ void node_detach(struct node_table *table, struct node *node, node_unbound_fn ea
 
 /*
  * Unbind every attached file node for which match() says yes (its cached
- * value was cleared), telling `each` of those the kernel knows, and start
+ * value was cleared under another name: a raw/ twin, a value derived from
+ * the same document), telling `each` of those the kernel knows, and start
  * a new generation. Called after the cache is cleared, so that a lookup
  * that fetched before the clear either finds its node unbound here or is
  * told to fetch again by node_child. match() runs under the table lock.
+ *
+ * A superseded node keeps its value for the files open on it, but the
+ * kernel may still reach it through a name it cached: fs.c refuses it to
+ * path lookups (ESTALE), and the kernel then walks the path again and
+ * finds the new node.
  */
 void node_supersede_matching(struct node_table *table, bool (*match)(struct node *node, void *ctx),
 			     void *ctx, node_unbound_fn each, void *each_ctx);
 
-/* Unbind every child of the root (SIGHUP, after the cache is cleared) and
- * start a new generation; `each` hears of all the known nodes. */
+/* Unbind and supersede every node below the root (SIGHUP, after the
+ * cache is cleared) and start a new generation; `each` hears of all the
+ * known nodes. */
 void node_detach_all(struct node_table *table, node_unbound_fn each, void *ctx);
+
+bool node_is_superseded(struct node_table *table, struct node *node);
 
 /*
  * How the table gets rid of a node nobody holds any more: `drop` takes it
