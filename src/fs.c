@@ -80,6 +80,14 @@ static struct node *node_of(struct imdsfs *fs, fuse_ino_t ino)
 	return node_from_ino(fs->resolver.nodes, ino);
 }
 
+/* -d: one line per request we answer, so that what reaches the daemon
+ * (and what the kernel answers alone) can be seen. Names only. */
+static void trace(const char *op, const struct node *n, const char *name)
+{
+	log_debug("request %s %s%s%s", op, name ? name : "", name ? " in " : "",
+		  n->parent ? n->name : "/");
+}
+
 static void wake(int fd, char what)
 {
 	ssize_t ignored = write(fd, &what, 1);
@@ -457,6 +465,7 @@ static void imdsfs_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 	struct node *child;
 	int err;
 
+	trace("LOOKUP", dir, name);
 	if (!dir->is_dir) {
 		fuse_reply_err(req, ENOTDIR);
 		return;
@@ -503,6 +512,7 @@ static void imdsfs_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info
 	struct node *n = node_of(fs, ino);
 	struct stat st;
 
+	trace("GETATTR", n, NULL);
 	/* Asked by path (and fstat) for a superseded inode: ESTALE makes the
 	 * kernel walk the path again, looking every name up, and so find the
 	 * name's new node. A read of a file open on it (which comes with a
@@ -531,6 +541,7 @@ static void imdsfs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *f
 {
 	struct imdsfs *fs = fs_of(req);
 
+	trace("OPEN", node_of(fs, ino), NULL);
 	if (node_of(fs, ino)->is_dir)
 		fuse_reply_err(req, EISDIR);
 	else if ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC))
@@ -546,8 +557,10 @@ static void imdsfs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *f
 static void imdsfs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 			struct fuse_file_info *fi)
 {
-	const struct blob *b = node_of(fs_of(req), ino)->value;
+	const struct node *n = node_of(fs_of(req), ino);
+	const struct blob *b = n->value;
 
+	trace("READ", n, NULL);
 	if (!b) {
 		fuse_reply_err(req, EISDIR);
 		return;
@@ -573,6 +586,7 @@ static void imdsfs_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info
 	struct dir_handle *d;
 	int err;
 
+	trace("OPENDIR", n, NULL);
 	if (!n->is_dir) {
 		fuse_reply_err(req, ENOTDIR);
 		return;
@@ -656,6 +670,7 @@ static void remove_entry(fuse_req_t req, fuse_ino_t parent, const char *name, bo
 	struct notices others = {fs->resolver.nodes, NULL};
 	int err = 0;
 
+	trace(want_dir ? "RMDIR" : "UNLINK", dir, name);
 	if (!n) {
 		/* The kernel looks names up before removing them, so this is a
 		 * race with another rm; look it up again. */

@@ -255,6 +255,52 @@ def test_second_listing_costs_nothing(mocked):
     assert mock.puts() == 0
 
 
+def daemon_requests(mnt, since):
+    """The FUSE requests the daemon answered (its -d log) after output
+    offset `since`."""
+    return re.findall(r"debug: request (\w+)", mnt.output()[since:])
+
+
+WARM_FILES = ["region", "tags/Name", "raw/meta-data/instance-id",
+              "network/interfaces/%s/vpc_id" % AEMM_MAC, "user_data", "iam_info"]
+
+
+def test_warm_reads_never_reach_the_daemon(mocked):
+    """Issue 5: once a value is cached, opening, stat-ing and reading its
+    file is the kernel's work alone, as with a file in RAM: no LOOKUP, no
+    OPEN, no READ, no GETATTR, no RELEASE. Values of one page and of
+    several, in both views, sensitive ones too."""
+    mock, mnt = mocked
+    big = b"n" * 10000 + b"\xff\x00end"
+    mock.set(TAGS + "Name", big)
+    want = {rel: slurp(mnt.p(rel)) for rel in WARM_FILES}
+    assert want["tags/Name"] == big + b"\n"
+    for rel in WARM_FILES:
+        os.stat(mnt.p(rel))
+    mock.reset_counts()
+    since = len(mnt.output())
+    for _ in range(20):
+        for rel in WARM_FILES:
+            p = mnt.p(rel)
+            fd = os.open(p, os.O_RDONLY)
+            try:
+                assert os.fstat(fd).st_size == len(want[rel])
+                got = b""
+                while True:
+                    chunk = os.read(fd, 4096)
+                    if not chunk:
+                        break
+                    got += chunk
+            finally:
+                os.close(fd)
+            assert got == want[rel], rel
+            assert os.stat(p).st_size == len(want[rel])
+            assert os.access(p, os.R_OK)
+    asked = daemon_requests(mnt, since)
+    assert asked == [], "warm reads asked the daemon: %s" % sorted(set(asked))
+    assert mock.counts() == {}
+
+
 # --- rm FILE --------------------------------------------------------------
 
 REFRESH_CASES = [
@@ -614,6 +660,52 @@ def test_volatile_fresh_on_every_open(start_mock, mount_fs, rel, imds_path, chan
         assert slurp(p) == want
     if rel == "spot_instance_action/action":
         assert mnt.read("spot_instance_action", "time") == b"2026-11-22T09:30:00Z\n"
+
+
+def test_volatile_open_file_keeps_its_value(start_mock, mount_fs):
+    """A volatile file changes under a reader that has it open: the reader
+    gets the whole value it opened (its size from fstat too), while a new
+    open gets the new one, each one whole."""
+    mock = start_mock("rich")
+    mnt = mount_fs(mock)
+    p = mnt.p("instance_action")
+    a, b = b"a" * 6000, b"b" * 9000
+    mock.set("meta-data/instance-action", a)
+    fd = os.open(p, os.O_RDONLY)
+    try:
+        first = os.read(fd, 4096)
+        mock.set("meta-data/instance-action", b)
+        assert slurp(p) == b + b"\n"
+        assert os.stat(p).st_size == len(b) + 1
+        assert os.fstat(fd).st_size == len(a) + 1
+        rest = b""
+        while True:
+            chunk = os.read(fd, 1000)
+            if not chunk:
+                break
+            rest += chunk
+    finally:
+        os.close(fd)
+    assert first + rest == a + b"\n", "the open file read %d 'a' and %d 'b'" % (
+        (first + rest).count(b"a"), (first + rest).count(b"b"))
+    mock.set("meta-data/instance-action", "stop")
+    assert slurp(p) == b"stop\n"
+
+
+def test_volatile_open_asks_only_for_its_name(start_mock, mount_fs):
+    """Opening a volatile file asks the daemon to look its name up (which
+    fetches the value), and nothing else: no OPEN, no RELEASE."""
+    mock = start_mock("rich")
+    mnt = mount_fs(mock)
+    p = mnt.p("instance_action")
+    want = slurp(p)
+    mock.reset_counts()
+    since = len(mnt.output())
+    for _ in range(5):
+        assert slurp(p) == want
+    asked = daemon_requests(mnt, since)
+    assert set(asked) == {"LOOKUP"}, asked
+    assert mock.count("meta-data/instance-action") == 5
 
 
 def test_volatile_twins_in_raw(start_mock, mount_fs):
