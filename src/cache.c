@@ -31,6 +31,8 @@ struct cache {
 	size_t count;
 };
 
+static atomic_ullong blobs_made;
+
 struct blob *blob_new(const char *data, size_t len)
 {
 	struct blob *b = malloc(sizeof(*b) + len + 1);
@@ -44,6 +46,7 @@ struct blob *blob_new(const char *data, size_t len)
 	}
 	b->len = len;
 	clock_gettime(CLOCK_REALTIME, &b->fetched);
+	b->seq = atomic_fetch_add(&blobs_made, 1);
 	if (len)
 		memcpy(b->data, data, len);
 	b->data[len] = '\0';

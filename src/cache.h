@@ -27,9 +27,10 @@ struct blob_annex {
 struct blob {
 	atomic_uint refs;
 	size_t len;
-	struct timespec fetched; /* when it was fetched (st_mtime): a new fetch
-				  * is a new mtime, which tells the kernel to
-				  * drop its pages */
+	struct timespec fetched; /* when it was fetched: st_mtime */
+	unsigned long long seq;	 /* order of making: of two fetches of one value,
+				  * the later one has the larger seq, whatever
+				  * the wall clock did */
 	struct blob_annex annex[BLOB_ANNEX_SLOTS];
 	char data[]; /* len bytes, then a NUL not counted in len */
 };

@@ -60,14 +60,32 @@ struct fs_notice {
  * that node (a reader killed in the middle of a read, or readahead it no
  * longer waits for).
  */
-#define RELEASE_GRACE_MS 500
+#define DROP_GRACE_MS 500
 /* Held at once, at most; past that the oldest goes early. A ring, so that a
  * busy mount does no allocation per forgotten node. */
-#define RELEASE_RING 4096
+#define DROP_RING 4096
 
-struct fs_released {
+struct fs_dropped {
 	struct node *node;
 	struct timespec at;
+};
+
+/*
+ * When a name the kernel holds fails to look up (a volatile name is looked
+ * up at every path walk), the kernel drops the name and at once looks it
+ * up afresh, from the same thread. That second lookup gets the same answer
+ * rather than asking IMDS all over again: otherwise a reader would wait
+ * twice the bound SPEC.md promises, and IMDS would see each failure twice.
+ */
+#define FAILURE_KEPT_MS 200
+#define FAILURE_SLOTS	16
+
+struct fs_failure {
+	fuse_ino_t parent;
+	pid_t pid;
+	int err;
+	struct timespec at;
+	char name[TREE_NAME_MAX + 1]; /* "" when the slot is free */
 };
 
 static struct imdsfs *fs_of(fuse_req_t req)
@@ -187,17 +205,17 @@ struct notices {
 	struct fs_notice *list;
 };
 
-static void add_notice(struct notices *d, enum notice_kind kind, struct node *n)
+static void add_notice(struct notices *notices, enum notice_kind kind, struct node *n)
 {
+	struct node_table *t = notices->nodes;
 	struct fs_notice *notice =
 		kind == NOTICE_ATTRS
-			? new_notice(kind, node_ino(d->nodes, n), 0, NULL)
-			: new_notice(kind, node_ino(d->nodes, n->parent), node_ino(d->nodes, n),
-				     n->name);
+			? new_notice(kind, node_ino(t, n), 0, NULL)
+			: new_notice(kind, node_ino(t, n->parent), node_ino(t, n), n->name);
 
 	if (notice) {
-		notice->next = d->list;
-		d->list = notice;
+		notice->next = notices->list;
+		notices->list = notice;
 	}
 }
 
@@ -218,7 +236,9 @@ static void note_deleted(struct node *n, void *ctx)
 	add_notice(ctx, NOTICE_DELETE, n);
 }
 
-/* SIGHUP: both (the delete can fail, for a directory still in use). */
+/* SIGHUP: both. Deletes are sent parent first, and a parent's unhashes
+ * its children's names, so theirs then fail: the attribute notice is what
+ * still sends a path that leads to an old file inode back to us. */
 static void note_gone(struct node *n, void *ctx)
 {
 	if (!n->is_dir)
@@ -256,47 +276,99 @@ static long long ms_since(const struct timespec *t)
 	return (long long)(now.tv_sec - t->tv_sec) * 1000 + (now.tv_nsec - t->tv_nsec) / 1000000;
 }
 
+/* The failure kept for this lookup, if it is the kernel's retry of one
+ * that just failed: 0 when there is none. */
+static int take_failure(struct imdsfs *fs, fuse_ino_t parent, const char *name, pid_t pid)
+{
+	int err = 0;
+
+	if (atomic_load_explicit(&fs->failures_kept, memory_order_relaxed) == 0)
+		return 0;
+	pthread_mutex_lock(&fs->notices_lock);
+	for (unsigned int i = 0; i < FAILURE_SLOTS; i++) {
+		struct fs_failure *f = &fs->failures[i];
+
+		if (!f->name[0])
+			continue;
+		bool expired = ms_since(&f->at) > FAILURE_KEPT_MS;
+		if (!expired && !err && f->parent == parent && f->pid == pid &&
+		    strcmp(f->name, name) == 0)
+			err = f->err;
+		else if (!expired)
+			continue;
+		f->name[0] = '\0';
+		atomic_fetch_sub(&fs->failures_kept, 1);
+	}
+	pthread_mutex_unlock(&fs->notices_lock);
+	return err;
+}
+
+static void keep_failure(struct imdsfs *fs, fuse_ino_t parent, const char *name, pid_t pid,
+			 int err)
+{
+	struct fs_failure *slot = &fs->failures[0];
+
+	if (strlen(name) > TREE_NAME_MAX)
+		return;
+	pthread_mutex_lock(&fs->notices_lock);
+	for (unsigned int i = 0; i < FAILURE_SLOTS; i++) {
+		struct fs_failure *f = &fs->failures[i];
+		if (!f->name[0] || ms_since(&f->at) > ms_since(&slot->at))
+			slot = f; /* a free slot, or else the oldest */
+		if (!f->name[0])
+			break;
+	}
+	if (!slot->name[0])
+		atomic_fetch_add(&fs->failures_kept, 1);
+	slot->parent = parent;
+	slot->pid = pid;
+	slot->err = err;
+	clock_gettime(CLOCK_MONOTONIC, &slot->at);
+	strcpy(slot->name, name);
+	pthread_mutex_unlock(&fs->notices_lock);
+}
+
 /* Under notices_lock: free the oldest dropped node. */
 static void free_oldest(struct imdsfs *fs)
 {
-	struct fs_released *r = &fs->released[fs->released_first];
+	struct fs_dropped *r = &fs->dropped[fs->dropped_first];
 
 	node_free(r->node);
 	r->node = NULL;
-	fs->released_first = (fs->released_first + 1) % RELEASE_RING;
-	fs->released_count--;
+	fs->dropped_first = (fs->dropped_first + 1) % DROP_RING;
+	fs->dropped_count--;
 }
 
 /* Free the dropped nodes older than the grace period (all when `all`).
  * Returns whether some are left. */
-static bool free_released(struct imdsfs *fs, bool all)
+static bool free_dropped(struct imdsfs *fs, bool all)
 {
 	bool left;
 
 	pthread_mutex_lock(&fs->notices_lock);
-	while (fs->released_count &&
-	       (all || ms_since(&fs->released[fs->released_first].at) >= RELEASE_GRACE_MS))
+	while (fs->dropped_count &&
+	       (all || ms_since(&fs->dropped[fs->dropped_first].at) >= DROP_GRACE_MS))
 		free_oldest(fs);
-	left = fs->released_count > 0;
+	left = fs->dropped_count > 0;
 	pthread_mutex_unlock(&fs->notices_lock);
 	return left;
 }
 
-/* Free `node` RELEASE_GRACE_MS from now (the housekeeper does it). Called
+/* Free `node` DROP_GRACE_MS from now (the housekeeper does it). Called
  * under the node table's lock. */
 static void free_later(struct node *node, void *ctx)
 {
 	struct imdsfs *fs = ctx;
-	struct fs_released *r;
+	struct fs_dropped *r;
 	bool first;
 
 	pthread_mutex_lock(&fs->notices_lock);
-	if (fs->released_count == RELEASE_RING)
+	if (fs->dropped_count == DROP_RING)
 		free_oldest(fs);
-	r = &fs->released[(fs->released_first + fs->released_count) % RELEASE_RING];
+	r = &fs->dropped[(fs->dropped_first + fs->dropped_count) % DROP_RING];
 	r->node = node;
 	clock_gettime(CLOCK_MONOTONIC, &r->at);
-	first = fs->released_count++ == 0;
+	first = fs->dropped_count++ == 0;
 	pthread_mutex_unlock(&fs->notices_lock);
 	if (first)
 		wake(fs->wake[1], WAKE_NOTICES); /* start the housekeeper's timer */
@@ -310,7 +382,7 @@ static void *housekeeper(void *arg)
 		struct pollfd p = {.fd = fs->wake[0], .events = POLLIN};
 		char what[64];
 		ssize_t n;
-		int rc = poll(&p, 1, free_released(fs, false) ? RELEASE_GRACE_MS / 2 : -1);
+		int rc = poll(&p, 1, free_dropped(fs, false) ? DROP_GRACE_MS / 2 : -1);
 
 		if (rc == 0)
 			continue;
@@ -349,8 +421,11 @@ int fs_init_state(struct imdsfs *fs)
 	fs->ready_fd = -1;
 	if (pipe2(fs->wake, O_CLOEXEC | O_NONBLOCK) < 0)
 		return -errno;
-	fs->released = calloc(RELEASE_RING, sizeof(*fs->released));
-	if (!fs->released) {
+	fs->dropped = calloc(DROP_RING, sizeof(*fs->dropped));
+	fs->failures = calloc(FAILURE_SLOTS, sizeof(*fs->failures));
+	if (!fs->dropped || !fs->failures) {
+		free(fs->dropped);
+		free(fs->failures);
 		close(fs->wake[0]);
 		close(fs->wake[1]);
 		fs->wake[0] = fs->wake[1] = -1;
@@ -365,8 +440,9 @@ void fs_free_state(struct imdsfs *fs)
 {
 	if (fs->resolver.nodes)
 		node_table_set_drop(fs->resolver.nodes, NULL, NULL);
-	free_released(fs, true);
-	free(fs->released);
+	free_dropped(fs, true);
+	free(fs->dropped);
+	free(fs->failures);
 	while (fs->notices) {
 		struct fs_notice *n = fs->notices;
 		fs->notices = n->next;
@@ -397,7 +473,7 @@ static void imdsfs_init(void *userdata, struct fuse_conn_info *conn)
 	/* A lookup waiting on IMDS must not hold up lookups of its neighbours. */
 	if (conn->capable & FUSE_CAP_PARALLEL_DIROPS)
 		conn->want |= FUSE_CAP_PARALLEL_DIROPS;
-	fs->no_open = (conn->want & FUSE_CAP_NO_OPEN_SUPPORT) != 0;
+	fs->no_open = (conn->capable & FUSE_CAP_NO_OPEN_SUPPORT) != 0;
 
 	node_table_set_drop(fs->resolver.nodes, free_later, fs);
 	err = pthread_create(&fs->housekeeper, NULL, housekeeper, fs);
@@ -470,17 +546,30 @@ static void imdsfs_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 		fuse_reply_err(req, ENOTDIR);
 		return;
 	}
+	err = take_failure(fs, parent, name, fuse_req_ctx(req)->pid);
+	if (err) {
+		log_debug("%s: the kernel's retry of a failed lookup; failing again", name);
+		fuse_reply_err(req, -err);
+		return;
+	}
 	err = resolve_lookup(&fs->resolver, dir, name, &child);
 	if (err) {
+		if (err != -ENOMEM && node_known(fs->resolver.nodes, dir, name))
+			keep_failure(fs, parent, name, fuse_req_ctx(req)->pid, err);
 		fuse_reply_err(req, -err);
 		return;
 	}
 	memset(&e, 0, sizeof(e));
 	e.ino = node_ino(fs->resolver.nodes, child);
 	/* An inode's attributes never change; a volatile name is looked up
-	 * again at every walk, and so shows a fresh value. */
-	e.attr_timeout = FS_CACHE_TIMEOUT;
-	e.entry_timeout = resolve_is_volatile(child) ? 0.0 : FS_CACHE_TIMEOUT;
+	 * again at every walk, and so shows a fresh value. A node that lost
+	 * its name as it was made (node_child) is for this answer only. */
+	if (node_is_superseded(fs->resolver.nodes, child)) {
+		e.attr_timeout = e.entry_timeout = 0.0;
+	} else {
+		e.attr_timeout = FS_CACHE_TIMEOUT;
+		e.entry_timeout = resolve_is_volatile(child) ? 0.0 : FS_CACHE_TIMEOUT;
+	}
 	stat_of(fs, child, &e.attr);
 	if (fuse_reply_entry(req, &e) != 0)
 		node_forget(fs->resolver.nodes, child, 1);
@@ -510,19 +599,21 @@ static void imdsfs_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info
 {
 	struct imdsfs *fs = fs_of(req);
 	struct node *n = node_of(fs, ino);
+	bool superseded = !n->is_dir && node_is_superseded(fs->resolver.nodes, n);
 	struct stat st;
 
 	trace("GETATTR", n, NULL);
-	/* Asked by path (and fstat) for a superseded inode: ESTALE makes the
-	 * kernel walk the path again, looking every name up, and so find the
-	 * name's new node. A read of a file open on it (which comes with a
-	 * file) gets its own, unchanging attributes. */
-	if (!fi && node_is_superseded(fs->resolver.nodes, n)) {
+	/* Asked by path (and by fstat) for a superseded file: ESTALE makes
+	 * the kernel walk the path again, looking every name up, and so find
+	 * the name's new node. A read of a file open on it comes with the
+	 * file, and gets its own attributes, but only for this once: were
+	 * they cached again, a path could lead to the inode without asking. */
+	if (superseded && !fi) {
 		fuse_reply_err(req, ESTALE);
 		return;
 	}
 	stat_of(fs, n, &st);
-	fuse_reply_attr(req, &st, FS_CACHE_TIMEOUT);
+	fuse_reply_attr(req, &st, superseded ? 0.0 : FS_CACHE_TIMEOUT);
 }
 
 static void imdsfs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,
@@ -540,12 +631,15 @@ static void imdsfs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, in
 static void imdsfs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct imdsfs *fs = fs_of(req);
+	struct node *n = node_of(fs, ino);
 
-	trace("OPEN", node_of(fs, ino), NULL);
-	if (node_of(fs, ino)->is_dir)
+	trace("OPEN", n, NULL);
+	if (n->is_dir)
 		fuse_reply_err(req, EISDIR);
 	else if ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC))
 		fuse_reply_err(req, EROFS);
+	else if (node_is_superseded(fs->resolver.nodes, n))
+		fuse_reply_err(req, ESTALE); /* as getattr: walk the path again */
 	else if (fs->no_open)
 		fuse_reply_err(req, ENOSYS);
 	else {
@@ -572,6 +666,19 @@ static void imdsfs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	if (size > b->len - (size_t)off)
 		size = b->len - (size_t)off;
 	fuse_reply_buf(req, b->data + off, size);
+}
+
+/* Seen only for the opens made before the kernel stopped sending them. */
+static void imdsfs_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	trace("FLUSH", node_of(fs_of(req), ino), NULL);
+	fuse_reply_err(req, ENOSYS); /* nothing to flush: the kernel stops asking */
+}
+
+static void imdsfs_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	trace("RELEASE", node_of(fs_of(req), ino), NULL);
+	fuse_reply_err(req, 0);
 }
 
 struct dir_handle {
@@ -780,6 +887,8 @@ const struct fuse_lowlevel_ops imdsfs_ops = {
 	.setattr = imdsfs_setattr,
 	.open = imdsfs_open,
 	.read = imdsfs_read,
+	.flush = imdsfs_flush,
+	.release = imdsfs_release,
 	.opendir = imdsfs_opendir,
 	.readdir = imdsfs_readdir,
 	.releasedir = imdsfs_releasedir,

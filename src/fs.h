@@ -11,6 +11,7 @@
 #include "resolve.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <sys/types.h>
 #include <time.h>
@@ -22,7 +23,8 @@
 struct fuse_session;
 struct fuse_lowlevel_ops;
 struct fs_notice;
-struct fs_released;
+struct fs_dropped;
+struct fs_failure;
 
 /* Everything the daemon has; built by main(), handed to FUSE as userdata. */
 struct imdsfs {
@@ -34,17 +36,21 @@ struct imdsfs {
 	int ready_fd; /* written to once the mount answers (daemonizing), or -1 */
 	bool no_open; /* the kernel opens files without asking us */
 
-	/* The housekeeping thread: kernel invalidations and SIGHUP. */
+	/* The housekeeping thread: kernel notices, SIGHUP, late frees. */
 	int wake[2];
 	pthread_t housekeeper;
 	bool housekeeper_running;
+
+	/* Under notices_lock. */
 	pthread_mutex_t notices_lock;
 	pthread_cond_t notices_sent_cond;
 	struct fs_notice *notices;
-	struct fs_released *released; /* nodes freed late: a ring */
-	size_t released_first, released_count;
-	unsigned long notices_queued; /* sequence numbers, under notices_lock */
+	unsigned long notices_queued; /* sequence numbers */
 	unsigned long notices_sent;
+	struct fs_dropped *dropped; /* nodes freed late: a ring */
+	size_t dropped_first, dropped_count;
+	struct fs_failure *failures; /* lookups that just failed (take_failure) */
+	atomic_uint failures_kept;   /* read without the lock: 0 is the usual case */
 };
 
 extern const struct fuse_lowlevel_ops imdsfs_ops;

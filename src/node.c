@@ -235,12 +235,6 @@ static bool same_place(const struct node *n, const struct node_spec *spec)
 	       strcmp(n->base, spec->base ? spec->base : "") == 0;
 }
 
-static bool fetched_before(const struct blob *a, const struct blob *b)
-{
-	return a->fetched.tv_sec < b->fetched.tv_sec ||
-	       (a->fetched.tv_sec == b->fetched.tv_sec && a->fetched.tv_nsec < b->fetched.tv_nsec);
-}
-
 /* Whether attached node `n` can answer for a lookup that got `value`: the
  * same bytes (a volatile value fetched again, unchanged), or newer ones. */
 static bool shows_at_least(const struct node *n, const struct blob *value)
@@ -249,7 +243,7 @@ static bool shows_at_least(const struct node *n, const struct blob *value)
 		return true;
 	if (!n->value)
 		return false;
-	return fetched_before(value, n->value) ||
+	return value->seq < n->value->seq ||
 	       (n->value->len == value->len && memcmp(n->value->data, value->data, value->len) == 0);
 }
 
@@ -264,17 +258,24 @@ unsigned long node_generation(struct node_table *t)
 }
 
 int node_child(struct node_table *t, struct node *parent, const char *name,
-	       const struct node_spec *spec, unsigned long generation, struct node **out)
+	       const struct node_spec *spec, unsigned long generation, bool last_attempt,
+	       struct node **out)
 {
+	bool stale = false;
 	struct node *n;
 	int err = 0;
 
 	pthread_mutex_lock(&t->lock);
-	if (generation != NODE_ANY_GENERATION && t->generation != generation) {
-		err = -EAGAIN;
-		goto out;
+	if (t->generation != generation) {
+		if (!last_attempt) {
+			err = -EAGAIN;
+			goto out;
+		}
+		/* Out of attempts: answer with what was fetched, on a node
+		 * that is nobody's to find and that the kernel must not keep. */
+		stale = true;
 	}
-	n = *slot_of(t, parent, name);
+	n = stale ? NULL : *slot_of(t, parent, name);
 	if (n && !(same_place(n, spec) && shows_at_least(n, spec->value))) {
 		/* The name shows something else now: a volatile value that
 		 * changed, or IMDS made a file a directory. The kernel is
@@ -293,9 +294,10 @@ int node_child(struct node_table *t, struct node *parent, const char *name,
 		n->stable_ino = node_stable_ino(parent, name);
 		parent->children++;
 		link_all(t, n);
+		n->superseded = stale;
 		/* Under a directory removed while we looked, the node answers
 		 * this lookup but is nobody's to find again. */
-		if (parent->attached) {
+		if (parent->attached && !stale) {
 			n->attached = true;
 			n->next_sibling = parent->first_child;
 			if (parent->first_child)
@@ -325,6 +327,18 @@ struct node *node_find(struct node_table *t, struct node *parent, const char *na
 		n->nlookup++;
 	pthread_mutex_unlock(&t->lock);
 	return n;
+}
+
+bool node_known(struct node_table *t, struct node *parent, const char *name)
+{
+	struct node *n;
+	bool known;
+
+	pthread_mutex_lock(&t->lock);
+	n = *slot_of(t, parent, name);
+	known = n && n->nlookup > 0;
+	pthread_mutex_unlock(&t->lock);
+	return known;
 }
 
 void node_forget(struct node_table *t, struct node *n, uint64_t count)

@@ -18,7 +18,6 @@
 
 #include "tree.h"
 
-#include <limits.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -74,8 +73,6 @@ uint64_t node_stable_ino(const struct node *dir, const char *name);
  * fetches, and hands it to node_child.
  */
 unsigned long node_generation(struct node_table *table);
-/* For node_child: whatever the generation is now. */
-#define NODE_ANY_GENERATION ULONG_MAX
 
 /*
  * The node `name` in `parent` shows for `spec`, with one more lookup
@@ -83,16 +80,21 @@ unsigned long node_generation(struct node_table *table);
  * and shows the same bytes or newer ones (a lookup that fetched slowly
  * must not bring back an older value); otherwise a new node, attached in
  * its place. Returns 0, -ENOMEM, or -EAGAIN when the generation is no
- * longer `generation` (unless that is NODE_ANY_GENERATION): a clear came
- * after the caller fetched spec->value, which may be stale, so it should
- * fetch again.
+ * longer `generation`: a clear came after the caller fetched spec->value,
+ * which may be stale, so it should fetch again. On its `last_attempt` the
+ * caller gets a superseded node instead, bound to no name, for the kernel
+ * to use once and not keep.
  */
 int node_child(struct node_table *table, struct node *parent, const char *name,
-	       const struct node_spec *spec, unsigned long generation, struct node **out);
+	       const struct node_spec *spec, unsigned long generation, bool last_attempt,
+	       struct node **out);
 
 /* The attached child `name` with one more lookup reference (drop it with
  * node_forget), or NULL. */
 struct node *node_find(struct node_table *table, struct node *parent, const char *name);
+
+/* Whether the kernel holds the node attached as `name` in `parent`. */
+bool node_known(struct node_table *table, struct node *parent, const char *name);
 
 /* The kernel dropped `count` lookup references. */
 void node_forget(struct node_table *table, struct node *node, uint64_t count);

@@ -407,30 +407,23 @@ static bool too_deep(const struct node *dir, const struct tree_entry *e)
 	return true;
 }
 
-static void fill_attr(const struct node_spec *spec, const struct blob *content,
-		      struct resolve_attr *attr)
-{
-	memset(attr, 0, sizeof(*attr));
-	attr->is_dir = spec->is_dir;
-	attr->is_volatile = spec->src && tree_path_is_volatile(spec->src);
-	attr->is_sensitive = !spec->is_dir && spec_is_sensitive(spec);
-	if (content) {
-		attr->size = content->len;
-		attr->mtime = content->fetched;
-	}
-}
-
 void resolve_attr_of(const struct node *n, struct resolve_attr *attr)
 {
 	struct node_spec spec = {.row = n->row, .src = n->src, .is_dir = n->is_dir};
 
-	fill_attr(&spec, n->value, attr);
+	memset(attr, 0, sizeof(*attr));
+	attr->is_dir = n->is_dir;
+	attr->is_sensitive = !n->is_dir && spec_is_sensitive(&spec);
+	if (n->value) {
+		attr->size = n->value->len;
+		attr->mtime = n->value->fetched;
+	}
 }
 
 /* What `name` in `dir` stands for, and its value when it is a file: one
  * attempt of resolve_lookup. */
 static int lookup_once(struct resolver *r, struct node *dir, const char *name,
-		       unsigned long generation, struct node **out)
+		       unsigned long generation, bool last_attempt, struct node **out)
 {
 	struct node_spec spec = {0};
 	const struct tree_listing *l;
@@ -483,7 +476,7 @@ static int lookup_once(struct resolver *r, struct node *dir, const char *name,
 		cache_clear(r->cache, dir->src);
 	}
 	if (!err)
-		err = node_child(r->nodes, dir, name, &spec, generation, out);
+		err = node_child(r->nodes, dir, name, &spec, generation, last_attempt, out);
 out:
 	blob_unref(spec.value);
 	spec_free(&spec, base_owned);
@@ -491,8 +484,8 @@ out:
 }
 
 /* A lookup that saw a clear after it fetched starts over, a few times:
- * past that (a storm of rm during slow fetches), it answers with what its
- * last attempt fetched. */
+ * past that (a storm of rm during slow fetches), it answers once with what
+ * its last attempt fetched (see node_child). */
 #define LOOKUP_ATTEMPTS 4
 
 int resolve_lookup(struct resolver *r, struct node *dir, const char *name, struct node **out)
@@ -502,11 +495,9 @@ int resolve_lookup(struct resolver *r, struct node *dir, const char *name, struc
 	*out = NULL;
 	if (!tree_name_is_valid(name, strlen(name)))
 		return -ENOENT;
-	for (int attempt = 1; err == -EAGAIN; attempt++)
-		err = lookup_once(r, dir, name,
-				  attempt < LOOKUP_ATTEMPTS ? node_generation(r->nodes)
-							    : NODE_ANY_GENERATION,
-				  out);
+	for (int attempt = 1; err == -EAGAIN && attempt <= LOOKUP_ATTEMPTS; attempt++)
+		err = lookup_once(r, dir, name, node_generation(r->nodes),
+				  attempt == LOOKUP_ATTEMPTS, out);
 	return err;
 }
 

@@ -26,7 +26,6 @@ struct resolver {
 
 struct resolve_attr {
 	bool is_dir;
-	bool is_volatile;  /* fetched again at every lookup of its name */
 	bool is_sensitive; /* mode 0400 */
 	size_t size;
 	struct timespec mtime; /* when the value was fetched; 0 when unknown */

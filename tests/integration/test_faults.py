@@ -952,6 +952,8 @@ def test_open_file_keeps_one_value_across_rm(start_mock, mount_fs, stat):
     mock.set(TARGET_SRC, a)
     fd = os.open(mnt.p(TARGET), os.O_RDONLY)
     try:
+        # No readahead: the rest is read from the daemon after the rm.
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
         first = os.read(fd, 4096)
         mock.set(TARGET_SRC, b)
         os.unlink(mnt.p(TARGET))
@@ -964,6 +966,54 @@ def test_open_file_keeps_one_value_across_rm(start_mock, mount_fs, stat):
         "an open file read %d bytes: %d of 'A' then %d of 'B' (old value %d bytes, new %d)"
         % (len(got), got.count(b"A"), got.count(b"B"), len(a) + 1, len(b) + 1))
     assert mnt.read(TARGET) == b + b"\n"
+
+
+def test_twin_open_across_rm_read_to_its_end(start_mock, mount_fs):
+    """A raw/ twin is open while rm of its cleaned-up name clears their
+    value. Reading the open file to its end (which asks the daemon for the
+    file's attributes) must not make the kernel keep the old inode for the
+    twin's name: after close, the name reads the new value, at its size."""
+    mock = start_mock("aemm")
+    mnt = mount_fs(mock)
+    src = "meta-data/instance-id"
+    raw = mnt.p("raw", "meta-data", "instance-id")
+    old, new = AEMM[src], b"i-0ffffffffffffffffffffffffffff"
+    assert slurp(raw) == old
+    fd = os.open(raw, os.O_RDONLY)
+    try:
+        mock.set(src, new)
+        os.unlink(mnt.p("instance_id"))
+        assert os.pread(fd, 65536, 0) == old  # the open file keeps its value
+        assert os.pread(fd, 65536, len(old)) == b""
+    finally:
+        os.close(fd)
+    for _ in range(3):
+        assert os.stat(raw).st_size == len(new)
+        assert slurp(raw) == new
+    assert mnt.read("instance_id") == new + b"\n"
+
+
+def test_volatile_failure_costs_one_round_of_retries(start_mock, mount_fs):
+    """A volatile file is looked up at every open, and when a lookup of a
+    name it holds fails, the kernel drops the name and looks it up again at
+    once. A failing read must still cost retries + 1 GETs, not twice that
+    (nor wait twice SPEC's bound), and the next read must ask again."""
+    mock = start_mock("rich")
+    mnt = mount_fs(mock)
+    src = "meta-data/instance-action"
+    p = mnt.p("instance_action")
+    first = slurp(p)
+    mnt.expect_log(r"GET /latest/%s failed: HTTP 500" % src)
+    mock.fault(path=src, status=500)
+    for i in range(3):
+        mock.reset_counts()
+        assert read_errno(p) == errno.EIO, "read %d" % i
+        assert mock.count(src) == R + 1, "read %d cost %d GETs" % (i, mock.count(src))
+    mock.clear_faults()
+    mock.reset_counts()
+    assert slurp(p) == first
+    assert mock.count(src) == 1
+    assert mnt.alive()
 
 
 @pytest.mark.parametrize("how", ["rm", "rmdir"])

@@ -8,7 +8,6 @@
 
 #include <errno.h>
 #include <string.h>
-#include <time.h>
 
 struct dropped {
 	int count;
@@ -24,13 +23,10 @@ static void drop(struct node *n, void *ctx)
 	node_free(n);
 }
 
-static struct blob *value(const char *s, time_t fetched)
+/* Values are ordered by when they were made (blob seq), as fetches are. */
+static struct blob *value(const char *s)
 {
-	struct blob *b = blob_new(s, strlen(s));
-
-	b->fetched.tv_sec = fetched;
-	b->fetched.tv_nsec = 0;
-	return b;
+	return blob_new(s, strlen(s));
 }
 
 static struct node_spec file_spec(const char *src, struct blob *v)
@@ -45,7 +41,8 @@ static struct node *child(struct node_table *t, const char *name, struct node_sp
 {
 	struct node *n = NULL;
 
-	CHECK_EQ_INT(node_child(t, node_root(t), name, spec, node_generation(t), &n), 0);
+	CHECK_EQ_INT(
+	    node_child(t, node_root(t), name, spec, node_generation(t), false, &n), 0);
 	return n;
 }
 
@@ -53,8 +50,8 @@ static void test_one_node_per_value(void)
 {
 	struct dropped d = {0};
 	struct node_table *t = node_table_create();
-	struct blob *v1 = value("eu-west-1\n", 100), *same = value("eu-west-1\n", 200);
-	struct blob *v2 = value("us-east-2\n", 300), *older = value("ap-south-1\n", 50);
+	struct blob *older = value("ap-south-1\n"), *v1 = value("eu-west-1\n");
+	struct blob *same = value("eu-west-1\n"), *v2 = value("us-east-2\n");
 	struct node_spec spec = file_spec("doc", v1);
 
 	node_table_set_drop(t, drop, &d);
@@ -111,7 +108,7 @@ static void note(struct node *n, void *ctx)
 static void test_clear_and_generation(void)
 {
 	struct node_table *t = node_table_create();
-	struct blob *old = value("old\n", 100), *fresh = value("fresh\n", 200);
+	struct blob *old = value("old\n"), *fresh = value("fresh\n");
 	struct node_spec spec = file_spec("doc", old);
 	struct node_spec other = file_spec("other", old);
 	struct dropped seen = {0};
@@ -133,19 +130,42 @@ static void test_clear_and_generation(void)
 	CHECK(node_find(t, node_root(t), "account_id") == NULL);
 
 	/* The lookup must fetch again rather than bind its old value. */
-	CHECK_EQ_INT(node_child(t, node_root(t), "region", &spec, generation, &n),
+	CHECK_EQ_INT(node_child(t, node_root(t), "region", &spec, generation, false, &n),
 		     -EAGAIN);
 	CHECK(n == NULL);
 	spec.value = fresh;
 	n = child(t, "region", &spec);
 	CHECK(n && n != known && n->value == fresh && !node_is_superseded(t, n));
-	/* Past its last attempt, a lookup binds what it has. */
-	n = NULL;
-	CHECK_EQ_INT(node_child(t, node_root(t), "region", &spec, generation, &n),
-		     -EAGAIN);
+
+	/* Out of attempts, a lookup answers with what it has, on a node the
+	 * name does not keep (and that fs.c tells the kernel not to keep). */
+	struct node *once = NULL;
+	spec.value = old;
 	CHECK_EQ_INT(
-	    node_child(t, node_root(t), "region", &spec, NODE_ANY_GENERATION, &n), 0);
-	CHECK(n && n->value == fresh);
+	    node_child(t, node_root(t), "region", &spec, generation, true, &once), 0);
+	CHECK(once && once != n && once->value == old);
+	CHECK(!once->attached && node_is_superseded(t, once));
+	CHECK(node_find(t, node_root(t), "region") == n);
+	node_forget(t, n, 1);
+	node_forget(t, once, 1);
+	spec.value = fresh;
+
+	/* A lookup that bound its old value before the clear was over: the
+	 * supersede that ends the clear unbinds it. */
+	seen.count = 0;
+	generation = node_generation(t);
+	spec.value = old;
+	struct node *early = NULL;
+	CHECK_EQ_INT(
+	    node_child(t, node_root(t), "account_id", &spec, generation, false, &early),
+	    0);
+	CHECK(early && early->value == old && early->attached);
+	node_supersede_matching(t, src_is_doc, NULL, note, &seen);
+	CHECK(!early->attached && node_is_superseded(t, early));
+	CHECK(node_is_superseded(t, n)); /* region shows the same document */
+	CHECK_EQ_INT(seen.count, 2);
+	spec.value = fresh;
+	n = child(t, "region", &spec);
 
 	/* SIGHUP: everything below the root, a new generation. */
 	generation = node_generation(t);
@@ -154,6 +174,8 @@ static void test_clear_and_generation(void)
 	CHECK(node_generation(t) != generation);
 	CHECK(node_is_superseded(t, n) && node_is_superseded(t, elsewhere));
 	CHECK_EQ_INT(seen.count, 2); /* region (new) and ami_id */
+	CHECK_EQ_INT(node_child(t, node_root(t), "region", &spec, generation, false, &n),
+		     -EAGAIN);
 
 	blob_unref(old);
 	blob_unref(fresh);
@@ -169,13 +191,13 @@ static void test_directories_and_detach(void)
 	    .row = tags, .src = "meta-data/tags/instance/", .is_dir = true};
 	struct node_spec tag = {.row = tree_child(tags, "*"),
 				.src = "meta-data/tags/instance/Name"};
-	struct blob *v = value("web-7\n", 100);
+	struct blob *v = value("web-7\n");
 	struct dropped told = {0};
 	struct node *d1 = child(t, "tags", &dir), *f = NULL;
 
 	node_table_set_drop(t, drop, &d);
 	tag.value = v;
-	CHECK_EQ_INT(node_child(t, d1, "Name", &tag, node_generation(t), &f), 0);
+	CHECK_EQ_INT(node_child(t, d1, "Name", &tag, node_generation(t), false, &f), 0);
 	CHECK(f && f->parent == d1 && f->attached);
 
 	/* rm -r tags: the directory and what is below it are unbound. */
@@ -185,7 +207,7 @@ static void test_directories_and_detach(void)
 	CHECK(!d1->attached && !f->attached && !node_is_superseded(t, f));
 	/* A lookup below the removed directory still answers, unattached. */
 	struct node *g = NULL;
-	CHECK_EQ_INT(node_child(t, d1, "Name", &tag, node_generation(t), &g), 0);
+	CHECK_EQ_INT(node_child(t, d1, "Name", &tag, node_generation(t), false, &g), 0);
 	CHECK(g && g != f && !g->attached);
 	node_forget(t, g, 1);
 	node_forget(t, f, 1);
