@@ -395,6 +395,16 @@ def imdsfs_pids(marker):
     return pids
 
 
+def read_fd(fd, chunk=65536):
+    """read(2) until EOF, with no fstat."""
+    out = []
+    while True:
+        c = os.read(fd, chunk)
+        if not c:
+            return b"".join(out)
+        out.append(c)
+
+
 def read_errno(path):
     """The errno reading `path` fails with, or None if it reads."""
     try:

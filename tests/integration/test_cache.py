@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from conftest import load_instance, read_errno
+from conftest import load_instance, read_errno, read_fd
 
 AEMM_MAC = "0e:49:61:0f:c3:11"
 RICH_ROLE = "web-app-role"
@@ -285,12 +285,7 @@ def test_warm_reads_never_reach_the_daemon(mocked):
             fd = os.open(p, os.O_RDONLY)
             try:
                 assert os.fstat(fd).st_size == len(want[rel])
-                got = b""
-                while True:
-                    chunk = os.read(fd, 4096)
-                    if not chunk:
-                        break
-                    got += chunk
+                got = read_fd(fd, 4096)
             finally:
                 os.close(fd)
             assert got == want[rel], rel
@@ -681,12 +676,7 @@ def test_volatile_open_file_keeps_its_value(start_mock, mount_fs):
         assert os.stat(p).st_size == len(b) + 1
         assert os.fstat(fd).st_size == len(a) + 1
         since = len(mnt.output())
-        rest = b""
-        while True:
-            chunk = os.read(fd, 1000)
-            if not chunk:
-                break
-            rest += chunk
+        rest = read_fd(fd, 1000)
         assert "READ" in daemon_requests(mnt, since), "the rest came from the page cache"
     finally:
         os.close(fd)

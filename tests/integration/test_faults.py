@@ -30,7 +30,7 @@ import time
 
 import pytest
 
-from conftest import load_instance, read_errno
+from conftest import load_instance, read_errno, read_fd
 
 DOC = "dynamic/instance-identity/document"
 IAM = "meta-data/iam/info"
@@ -899,15 +899,6 @@ def test_many_hanging_readers_never_block_cached_readers(start_mock, mount_fs):
 
 # --- no stale size ------------------------------------------------------------
 
-def read_all(fd, chunk=65536):
-    """read(2) until EOF, with no fstat."""
-    out = []
-    while True:
-        c = os.read(fd, chunk)
-        if not c:
-            return b"".join(out)
-        out.append(c)
-
 def test_reopen_after_rm_is_whole_value(start_mock, mount_fs):
     """An inode opened again after `rm` (a reader that looked the name up
     just before the rm, as `cat` racing `rm` does; here /proc/self/fd makes
@@ -929,7 +920,7 @@ def test_reopen_after_rm_is_whole_value(start_mock, mount_fs):
         # the size and hide the problem from this test, not from `cat`.
         fd2 = os.open("/proc/self/fd/%d" % fd, os.O_RDONLY)
         try:
-            got = read_all(fd2, 4096)
+            got = read_fd(fd2, 4096)
         finally:
             os.close(fd2)
     finally:
@@ -959,7 +950,7 @@ def test_open_file_keeps_one_value_across_rm(start_mock, mount_fs, stat):
         os.unlink(mnt.p(TARGET))
         if stat:
             os.fstat(fd)
-        got = first + read_all(fd, 4096)
+        got = first + read_fd(fd, 4096)
     finally:
         os.close(fd)
     assert got in (a + b"\n", b + b"\n"), (
