@@ -39,6 +39,7 @@ enum notice_kind {
 
 struct fs_notice {
 	struct fs_notice *next;
+	struct timespec due; /* fs->later: not before then */
 	enum notice_kind kind;
 	fuse_ino_t ino; /* NOTICE_DELETE: the parent */
 	fuse_ino_t child;
@@ -48,6 +49,10 @@ struct fs_notice {
 #define WAKE_NOTICES 'n'
 #define WAKE_RELOAD  'h'
 #define WAKE_QUIT    'q'
+
+/* How long after a lookup's reply a supersede that raced it is told to the
+ * kernel again (see imdsfs_lookup): by then the kernel has made the inode. */
+#define RENOTICE_MS 20
 
 /* How long `rm` waits for the kernel to hear about the other inodes it
  * touched. Bounded because a SIGHUP's notices can need a directory lock
@@ -128,6 +133,16 @@ static struct fs_notice *new_notice(enum notice_kind kind, fuse_ino_t ino, fuse_
 	return n;
 }
 
+static void free_notices(struct fs_notice *list)
+{
+	while (list) {
+		struct fs_notice *n = list;
+		list = n->next;
+		free(n->name);
+		free(n);
+	}
+}
+
 /* Hand a list of notices to the housekeeping thread. */
 static void post_notices(struct imdsfs *fs, struct fs_notice *list)
 {
@@ -169,14 +184,30 @@ static bool wait_for_notices(struct imdsfs *fs)
 	return sent;
 }
 
-static void send_notices(struct imdsfs *fs)
+static long long ms_since(const struct timespec *t);
+
+/* Send the queued notices, and the later ones that are due. Returns
+ * whether later ones are left. */
+static bool send_notices(struct imdsfs *fs)
 {
-	struct fs_notice *list;
+	struct fs_notice *list, **link;
+	bool left;
 
 	pthread_mutex_lock(&fs->notices_lock);
 	list = fs->notices;
 	fs->notices = NULL;
 	unsigned long taken = fs->notices_queued;
+	for (link = &fs->later; *link;) {
+		struct fs_notice *n = *link;
+		if (ms_since(&n->due) < 0) {
+			link = &n->next;
+			continue;
+		}
+		*link = n->next;
+		n->next = list;
+		list = n;
+	}
+	left = fs->later != NULL;
 	pthread_mutex_unlock(&fs->notices_lock);
 
 	while (list) {
@@ -197,6 +228,25 @@ static void send_notices(struct imdsfs *fs)
 	fs->notices_sent = taken;
 	pthread_cond_broadcast(&fs->notices_sent_cond);
 	pthread_mutex_unlock(&fs->notices_lock);
+	return left;
+}
+
+/* Tell the kernel ino's attributes are stale, RENOTICE_MS from now. */
+static void notice_later(struct imdsfs *fs, fuse_ino_t ino)
+{
+	struct fs_notice *n = new_notice(NOTICE_ATTRS, ino, 0, NULL);
+
+	if (!n)
+		return;
+	clock_gettime(CLOCK_MONOTONIC, &n->due);
+	n->due.tv_nsec += RENOTICE_MS * 1000000L;
+	n->due.tv_sec += n->due.tv_nsec / 1000000000L;
+	n->due.tv_nsec %= 1000000000L;
+	pthread_mutex_lock(&fs->notices_lock);
+	n->next = fs->later;
+	fs->later = n;
+	pthread_mutex_unlock(&fs->notices_lock);
+	wake(fs->wake[1], WAKE_NOTICES);
 }
 
 /* Notices gathered under the node table's lock, posted once it is let go. */
@@ -282,7 +332,7 @@ static int take_failure(struct imdsfs *fs, fuse_ino_t parent, const char *name, 
 {
 	int err = 0;
 
-	if (atomic_load_explicit(&fs->failures_kept, memory_order_relaxed) == 0)
+	if (pid == 0 || atomic_load_explicit(&fs->failures_kept, memory_order_relaxed) == 0)
 		return 0;
 	pthread_mutex_lock(&fs->notices_lock);
 	for (unsigned int i = 0; i < FAILURE_SLOTS; i++) {
@@ -308,7 +358,9 @@ static void keep_failure(struct imdsfs *fs, fuse_ino_t parent, const char *name,
 {
 	struct fs_failure *slot = &fs->failures[0];
 
-	if (strlen(name) > TREE_NAME_MAX)
+	/* pid 0: a reader in another pid namespace, which it cannot tell
+	 * apart from others there. */
+	if (pid == 0 || strlen(name) > TREE_NAME_MAX)
 		return;
 	pthread_mutex_lock(&fs->notices_lock);
 	for (unsigned int i = 0; i < FAILURE_SLOTS; i++) {
@@ -377,15 +429,19 @@ static void free_later(struct node *node, void *ctx)
 static void *housekeeper(void *arg)
 {
 	struct imdsfs *fs = arg;
+	bool later = false;
 
 	for (;;) {
 		struct pollfd p = {.fd = fs->wake[0], .events = POLLIN};
 		char what[64];
 		ssize_t n;
-		int rc = poll(&p, 1, free_dropped(fs, false) ? DROP_GRACE_MS / 2 : -1);
+		int timeout = free_dropped(fs, false) ? DROP_GRACE_MS / 2 : -1;
+		int rc = poll(&p, 1, later ? RENOTICE_MS : timeout);
 
-		if (rc == 0)
+		if (rc == 0) {
+			later = send_notices(fs);
 			continue;
+		}
 		if (rc < 0) {
 			if (errno == EINTR)
 				continue;
@@ -399,7 +455,7 @@ static void *housekeeper(void *arg)
 			if (what[i] == WAKE_RELOAD)
 				reload(fs);
 		}
-		send_notices(fs);
+		later = send_notices(fs);
 	}
 }
 
@@ -443,12 +499,8 @@ void fs_free_state(struct imdsfs *fs)
 	free_dropped(fs, true);
 	free(fs->dropped);
 	free(fs->failures);
-	while (fs->notices) {
-		struct fs_notice *n = fs->notices;
-		fs->notices = n->next;
-		free(n->name);
-		free(n);
-	}
+	free_notices(fs->notices);
+	free_notices(fs->later);
 	pthread_mutex_destroy(&fs->notices_lock);
 	pthread_cond_destroy(&fs->notices_sent_cond);
 	close(fs->wake[0]);
@@ -539,6 +591,7 @@ static void imdsfs_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 	struct node *dir = node_of(fs, parent);
 	struct fuse_entry_param e;
 	struct node *child;
+	bool superseded;
 	int err;
 
 	trace("LOOKUP", dir, name);
@@ -548,6 +601,9 @@ static void imdsfs_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 	}
 	err = take_failure(fs, parent, name, fuse_req_ctx(req)->pid);
 	if (err) {
+		/* The kernel holds no name for the node now: any lookup but
+		 * its retry is a fresh one, whose failure is not kept. */
+		node_name_dropped(fs->resolver.nodes, dir, name);
 		log_debug("%s: the kernel's retry of a failed lookup; failing again", name);
 		fuse_reply_err(req, -err);
 		return;
@@ -562,17 +618,26 @@ static void imdsfs_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 	memset(&e, 0, sizeof(e));
 	e.ino = node_ino(fs->resolver.nodes, child);
 	/* An inode's attributes never change; a volatile name is looked up
-	 * again at every walk, and so shows a fresh value. A node that lost
-	 * its name as it was made (node_child) is for this answer only. */
-	if (node_is_superseded(fs->resolver.nodes, child)) {
+	 * again at every walk, and so shows a fresh value. A transient node
+	 * (node_child) is for this answer only, and an rm may already have
+	 * superseded the node. */
+	superseded = node_is_superseded(fs->resolver.nodes, child);
+	if (child->transient || superseded) {
 		e.attr_timeout = e.entry_timeout = 0.0;
 	} else {
 		e.attr_timeout = FS_CACHE_TIMEOUT;
 		e.entry_timeout = resolve_is_volatile(child) ? 0.0 : FS_CACHE_TIMEOUT;
 	}
 	stat_of(fs, child, &e.attr);
-	if (fuse_reply_entry(req, &e) != 0)
+	if (fuse_reply_entry(req, &e) != 0) {
 		node_forget(fs->resolver.nodes, child, 1);
+		return;
+	}
+	/* Superseded since we looked, before the kernel made its inode from
+	 * this reply: the rm's notice found no inode to tell. Tell it again
+	 * once it exists. (The node is freed late, so it is still there.) */
+	if (!superseded && node_is_superseded(fs->resolver.nodes, child))
+		notice_later(fs, e.ino);
 }
 
 static void imdsfs_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup)
@@ -607,13 +672,14 @@ static void imdsfs_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info
 	 * the kernel walk the path again, looking every name up, and so find
 	 * the name's new node. A read of a file open on it comes with the
 	 * file, and gets its own attributes, but only for this once: were
-	 * they cached again, a path could lead to the inode without asking. */
+	 * they cached again, a path could lead to the inode without asking.
+	 * Nor may a transient node's be cached (see imdsfs_lookup). */
 	if (superseded && !fi) {
 		fuse_reply_err(req, ESTALE);
 		return;
 	}
 	stat_of(fs, n, &st);
-	fuse_reply_attr(req, &st, superseded ? 0.0 : FS_CACHE_TIMEOUT);
+	fuse_reply_attr(req, &st, superseded || n->transient ? 0.0 : FS_CACHE_TIMEOUT);
 }
 
 static void imdsfs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,

@@ -45,6 +45,7 @@ struct imdsfs {
 	pthread_mutex_t notices_lock;
 	pthread_cond_t notices_sent_cond;
 	struct fs_notice *notices;
+	struct fs_notice *later; /* sent once due (notice_later) */
 	unsigned long notices_queued; /* sequence numbers */
 	unsigned long notices_sent;
 	struct fs_dropped *dropped; /* nodes freed late: a ring */

@@ -261,7 +261,7 @@ int node_child(struct node_table *t, struct node *parent, const char *name,
 	       const struct node_spec *spec, unsigned long generation, bool last_attempt,
 	       struct node **out)
 {
-	bool stale = false;
+	bool transient = false;
 	struct node *n;
 	int err = 0;
 
@@ -273,9 +273,9 @@ int node_child(struct node_table *t, struct node *parent, const char *name,
 		}
 		/* Out of attempts: answer with what was fetched, on a node
 		 * that is nobody's to find and that the kernel must not keep. */
-		stale = true;
+		transient = true;
 	}
-	n = stale ? NULL : *slot_of(t, parent, name);
+	n = transient ? NULL : *slot_of(t, parent, name);
 	if (n && !(same_place(n, spec) && shows_at_least(n, spec->value))) {
 		/* The name shows something else now: a volatile value that
 		 * changed, or IMDS made a file a directory. The kernel is
@@ -294,10 +294,10 @@ int node_child(struct node_table *t, struct node *parent, const char *name,
 		n->stable_ino = node_stable_ino(parent, name);
 		parent->children++;
 		link_all(t, n);
-		n->superseded = stale;
+		n->transient = transient;
 		/* Under a directory removed while we looked, the node answers
 		 * this lookup but is nobody's to find again. */
-		if (parent->attached && !stale) {
+		if (parent->attached && !transient) {
 			n->attached = true;
 			n->next_sibling = parent->first_child;
 			if (parent->first_child)
@@ -311,6 +311,7 @@ int node_child(struct node_table *t, struct node *parent, const char *name,
 		}
 	}
 	n->nlookup++;
+	n->name_dropped = false;
 	*out = n;
 out:
 	pthread_mutex_unlock(&t->lock);
@@ -336,9 +337,20 @@ bool node_known(struct node_table *t, struct node *parent, const char *name)
 
 	pthread_mutex_lock(&t->lock);
 	n = *slot_of(t, parent, name);
-	known = n && n->nlookup > 0;
+	known = n && n->nlookup > 0 && !n->name_dropped;
 	pthread_mutex_unlock(&t->lock);
 	return known;
+}
+
+void node_name_dropped(struct node_table *t, struct node *parent, const char *name)
+{
+	struct node *n;
+
+	pthread_mutex_lock(&t->lock);
+	n = *slot_of(t, parent, name);
+	if (n)
+		n->name_dropped = true;
+	pthread_mutex_unlock(&t->lock);
 }
 
 void node_forget(struct node_table *t, struct node *n, uint64_t count)

@@ -33,10 +33,12 @@ struct node {
 	uint64_t stable_ino; /* st_ino: a hash of the path, the same across rm */
 	unsigned int depth;  /* directories below raw/ */
 	bool is_dir;
+	bool transient; /* made for one answer, bound to no name (node_child) */
 
 	/* Owned by the table's lock. */
-	bool attached;	 /* the node its name shows now */
-	bool superseded; /* unbound because its value was cleared (see below) */
+	bool attached;	   /* the node its name shows now */
+	bool superseded;   /* unbound because its value was cleared (see below) */
+	bool name_dropped; /* the kernel let go of its name (node_name_dropped) */
 	uint64_t nlookup;
 	unsigned int children; /* child nodes whose parent pointer is this node */
 	struct node *first_child, *next_sibling, *prev_sibling;
@@ -82,7 +84,7 @@ unsigned long node_generation(struct node_table *table);
  * its place. Returns 0, -ENOMEM, or -EAGAIN when the generation is no
  * longer `generation`: a clear came after the caller fetched spec->value,
  * which may be stale, so it should fetch again. On its `last_attempt` the
- * caller gets a superseded node instead, bound to no name, for the kernel
+ * caller gets a transient node instead, bound to no name, for the kernel
  * to use once and not keep.
  */
 int node_child(struct node_table *table, struct node *parent, const char *name,
@@ -93,8 +95,13 @@ int node_child(struct node_table *table, struct node *parent, const char *name,
  * node_forget), or NULL. */
 struct node *node_find(struct node_table *table, struct node *parent, const char *name);
 
-/* Whether the kernel holds the node attached as `name` in `parent`. */
+/* Whether the kernel holds the node attached as `name` in `parent`, by
+ * that name as far as we know. */
 bool node_known(struct node_table *table, struct node *parent, const char *name);
+/* The kernel dropped its name for the node attached as `name` (it may
+ * still hold the inode, for a file open on it) until a lookup of the name
+ * answers with that node again. */
+void node_name_dropped(struct node_table *table, struct node *parent, const char *name);
 
 /* The kernel dropped `count` lookup references. */
 void node_forget(struct node_table *table, struct node *node, uint64_t count);

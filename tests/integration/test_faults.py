@@ -1007,6 +1007,71 @@ def test_volatile_failure_costs_one_round_of_retries(start_mock, mount_fs):
     assert mnt.alive()
 
 
+def test_failure_of_a_fresh_lookup_is_not_kept(start_mock, mount_fs):
+    """The kernel's immediate retry of a failed lookup gets the same
+    failure, but nothing else does: with the file held open (so the daemon
+    still has its node) and IMDS failing fast, each read asks IMDS, and
+    the first read after IMDS recovers gets the value."""
+    mock = start_mock("rich")
+    mnt = mount_fs(mock, ["retries=0"])
+    src = "meta-data/instance-action"
+    p = mnt.p("instance_action")
+    first = slurp(p)
+    mnt.expect_log(r"GET /latest/%s failed: HTTP 500" % src)
+    held = os.open(p, os.O_RDONLY)
+    try:
+        mock.fault(path=src, status=500)
+        for i in range(3):
+            mock.reset_counts()
+            assert read_errno(p) == errno.EIO, "read %d" % i
+            assert mock.count(src) == 1, "read %d cost %d GETs" % (i, mock.count(src))
+        mock.clear_faults()
+        mock.reset_counts()
+        assert slurp(p) == first
+        assert mock.count(src) == 1
+        assert read_fd(held) == first
+    finally:
+        os.close(held)
+
+
+def test_lookups_outlast_a_storm_of_rm(start_mock, mount_fs):
+    """Every lookup fetches while an rm clears something: each attempt
+    sees the clear and starts over, until the last, which answers with
+    what it fetched. That answer must be usable (no ESTALE), and fresh the
+    next time."""
+    mock = start_mock("rich")
+    mnt = mount_fs(mock)
+    src = "meta-data/instance-action"
+    p = mnt.p("instance_action")
+    mock.set(src, "none")
+    assert mnt.read("ami_id")
+    mock.fault(path=src, delay_ms=150)
+    stop = threading.Event()
+    errors = []
+
+    def storm():
+        while not stop.is_set():
+            try:
+                os.unlink(mnt.p("raw", "meta-data", "ami-id"))
+            except OSError as e:
+                errors.append(e)
+            time.sleep(0.02)
+
+    t = threading.Thread(target=storm, daemon=True)
+    t.start()
+    try:
+        for i in range(3):
+            assert slurp(p) == b"none\n", "read %d" % i
+            assert os.stat(p).st_size == 5
+        mock.set(src, "stop")
+        assert slurp(p) == b"stop\n"
+    finally:
+        stop.set()
+        t.join(10)
+        mock.clear_faults()
+    assert not t.is_alive() and not errors, errors[:3]
+
+
 @pytest.mark.parametrize("how", ["rm", "rmdir"])
 def test_rm_during_reads_keeps_memory_flat(start_mock, mount_fs, how):
     """8 threads read a 100 kB value while another rm's it (or rmdir's its

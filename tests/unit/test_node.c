@@ -111,8 +111,10 @@ static void test_clear_and_generation(void)
 	struct blob *old = value("old\n"), *fresh = value("fresh\n");
 	struct node_spec spec = file_spec("doc", old);
 	struct node_spec other = file_spec("other", old);
-	struct dropped seen = {0};
+	struct dropped seen = {0}, dropped = {0};
 	struct node *n = NULL;
+
+	node_table_set_drop(t, drop, &dropped);
 
 	struct node *known = child(t, "region", &spec);
 	struct node *unknown = child(t, "account_id", &spec);
@@ -144,10 +146,12 @@ static void test_clear_and_generation(void)
 	CHECK_EQ_INT(
 	    node_child(t, node_root(t), "region", &spec, generation, true, &once), 0);
 	CHECK(once && once != n && once->value == old);
-	CHECK(!once->attached && node_is_superseded(t, once));
+	CHECK(!once->attached && once->transient && !node_is_superseded(t, once));
 	CHECK(node_find(t, node_root(t), "region") == n);
 	node_forget(t, n, 1);
+	int dropped_before = dropped.count;
 	node_forget(t, once, 1);
+	CHECK_EQ_INT(dropped.count, dropped_before + 1);
 	spec.value = fresh;
 
 	/* A lookup that bound its old value before the clear was over: the
@@ -179,6 +183,29 @@ static void test_clear_and_generation(void)
 
 	blob_unref(old);
 	blob_unref(fresh);
+	node_table_destroy(t);
+}
+
+static void test_known_names(void)
+{
+	struct node_table *t = node_table_create();
+	struct blob *v = value("stop\n");
+	struct node_spec spec = file_spec("meta-data/instance-action", v);
+
+	CHECK(!node_known(t, node_root(t), "instance_action"));
+	struct node *n = child(t, "instance_action", &spec);
+	CHECK(node_known(t, node_root(t), "instance_action"));
+	/* The kernel dropped the name after a failed lookup; a file open on
+	 * the inode keeps its lookup reference. */
+	node_name_dropped(t, node_root(t), "instance_action");
+	CHECK(!node_known(t, node_root(t), "instance_action"));
+	/* A lookup answers with the node again: the kernel has the name. */
+	CHECK(child(t, "instance_action", &spec) == n);
+	CHECK(node_known(t, node_root(t), "instance_action"));
+	node_forget(t, n, 2);
+	CHECK(!node_known(t, node_root(t), "instance_action"));
+
+	blob_unref(v);
 	node_table_destroy(t);
 }
 
@@ -224,6 +251,7 @@ int main(void)
 	CHECK_EQ_INT(tree_init(), 0);
 	test_one_node_per_value();
 	test_clear_and_generation();
+	test_known_names();
 	test_directories_and_detach();
 	return check_done("test_node");
 }
