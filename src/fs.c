@@ -143,6 +143,26 @@ static void free_notices(struct fs_notice *list)
 	}
 }
 
+static long long ms_since(const struct timespec *t)
+{
+	struct timespec now;
+
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	return (long long)(now.tv_sec - t->tv_sec) * 1000 + (now.tv_nsec - t->tv_nsec) / 1000000;
+}
+
+/* Now on `clock`, plus `ms`. */
+static struct timespec ms_from_now(clockid_t clock, long ms)
+{
+	struct timespec t;
+
+	clock_gettime(clock, &t);
+	t.tv_nsec += ms * 1000000L;
+	t.tv_sec += t.tv_nsec / 1000000000L;
+	t.tv_nsec %= 1000000000L;
+	return t;
+}
+
 /* Hand a list of notices to the housekeeping thread. */
 static void post_notices(struct imdsfs *fs, struct fs_notice *list)
 {
@@ -165,14 +185,9 @@ static void post_notices(struct imdsfs *fs, struct fs_notice *list)
  * Returns false when that took longer than NOTICE_WAIT_MS. */
 static bool wait_for_notices(struct imdsfs *fs)
 {
+	struct timespec until = ms_from_now(CLOCK_REALTIME, NOTICE_WAIT_MS);
 	bool sent;
 
-	struct timespec until;
-
-	clock_gettime(CLOCK_REALTIME, &until);
-	until.tv_nsec += (long)NOTICE_WAIT_MS * 1000000L;
-	until.tv_sec += until.tv_nsec / 1000000000L;
-	until.tv_nsec %= 1000000000L;
 	pthread_mutex_lock(&fs->notices_lock);
 	unsigned long target = fs->notices_queued;
 	while (fs->housekeeper_running && fs->notices_sent < target)
@@ -183,8 +198,6 @@ static bool wait_for_notices(struct imdsfs *fs)
 	pthread_mutex_unlock(&fs->notices_lock);
 	return sent;
 }
-
-static long long ms_since(const struct timespec *t);
 
 /* Send the queued notices, and the later ones that are due. Returns
  * whether later ones are left. */
@@ -238,10 +251,7 @@ static void notice_later(struct imdsfs *fs, fuse_ino_t ino)
 
 	if (!n)
 		return;
-	clock_gettime(CLOCK_MONOTONIC, &n->due);
-	n->due.tv_nsec += RENOTICE_MS * 1000000L;
-	n->due.tv_sec += n->due.tv_nsec / 1000000000L;
-	n->due.tv_nsec %= 1000000000L;
+	n->due = ms_from_now(CLOCK_MONOTONIC, RENOTICE_MS);
 	pthread_mutex_lock(&fs->notices_lock);
 	n->next = fs->later;
 	fs->later = n;
@@ -316,14 +326,6 @@ static void reload(struct imdsfs *fs)
 	node_detach_all(fs->resolver.nodes, note_gone, &gone);
 	post_notices(fs, gone.list);
 	send_notices(fs);
-}
-
-static long long ms_since(const struct timespec *t)
-{
-	struct timespec now;
-
-	clock_gettime(CLOCK_MONOTONIC, &now);
-	return (long long)(now.tv_sec - t->tv_sec) * 1000 + (now.tv_nsec - t->tv_nsec) / 1000000;
 }
 
 /* The failure kept for this lookup, if it is the kernel's retry of one
