@@ -78,11 +78,11 @@ const struct tree_row tree_rows[] = {
 	{"network/interfaces/*/security_group_ids", TREE_FILE, "security-group-ids",         TREE_TEXT,                 TREE_LISTED},
 	{"network/interfaces/*/subnet_id",       TREE_FILE,    "subnet-id",                  TREE_TEXT,                 TREE_LISTED},
 	{"network/interfaces/*/subnet_ipv4_cidr_block", TREE_FILE, "subnet-ipv4-cidr-block", TREE_TEXT,                 TREE_LISTED},
-	{"network/interfaces/*/subnet_ipv6_cidr_blocks", TREE_FILE, "subnet-ipv6-cidr-blocks", TREE_TEXT,               TREE_LISTED},
+	{"network/interfaces/*/subnet_ipv6_cidr_blocks", TREE_FILE, "subnet-ipv6-cidr-blocks", TREE_TEXT,               TREE_ALWAYS,     TREE_EMPTY_ON_404},
 	{"network/interfaces/*/vpc_id",          TREE_FILE,    "vpc-id",                     TREE_TEXT,                 TREE_LISTED},
 	{"network/interfaces/*/vpc_ipv4_cidr_block", TREE_FILE, "vpc-ipv4-cidr-block",       TREE_TEXT,                 TREE_LISTED},
-	{"network/interfaces/*/vpc_ipv4_cidr_blocks", TREE_FILE, "vpc-ipv4-cidr-blocks",     TREE_TEXT,                 TREE_LISTED},
-	{"network/interfaces/*/vpc_ipv6_cidr_blocks", TREE_FILE, "vpc-ipv6-cidr-blocks",     TREE_TEXT,                 TREE_LISTED},
+	{"network/interfaces/*/vpc_ipv4_cidr_blocks", TREE_FILE, "vpc-ipv4-cidr-blocks",     TREE_TEXT,                 TREE_ALWAYS,     TREE_EMPTY_ON_404},
+	{"network/interfaces/*/vpc_ipv6_cidr_blocks", TREE_FILE, "vpc-ipv6-cidr-blocks",     TREE_TEXT,                 TREE_ALWAYS,     TREE_EMPTY_ON_404},
 	{"raw",                                  TREE_DIR,     NULL,                         TREE_BYTES,                TREE_ALWAYS},
 	{"raw/dynamic",                          TREE_RAW_DIR, "dynamic/",                   TREE_BYTES,                TREE_LISTED},
 	{"raw/meta-data",                        TREE_RAW_DIR, "meta-data/",                 TREE_BYTES,                TREE_LISTED},
@@ -205,7 +205,8 @@ int tree_init(void)
 			return -EINVAL;
 		}
 		if ((row->kind == TREE_MAPPING) != (row->entries != NULL) ||
-		    (row->kind == TREE_FILE && !row->source)) {
+		    (row->kind == TREE_FILE && !row->source) ||
+		    (row->presence != TREE_ALWAYS && !row->source)) {
 			log_error("tree row '%s' lacks its source or entries", row->path);
 			return -EINVAL;
 		}

@@ -83,11 +83,11 @@ INTERFACE = {
     "security_group_ids": ("security-group-ids", False),
     "subnet_id": ("subnet-id", False),
     "subnet_ipv4_cidr_block": ("subnet-ipv4-cidr-block", False),
-    "subnet_ipv6_cidr_blocks": ("subnet-ipv6-cidr-blocks", False),
+    "subnet_ipv6_cidr_blocks": ("subnet-ipv6-cidr-blocks", True),
     "vpc_id": ("vpc-id", False),
     "vpc_ipv4_cidr_block": ("vpc-ipv4-cidr-block", False),
-    "vpc_ipv4_cidr_blocks": ("vpc-ipv4-cidr-blocks", False),
-    "vpc_ipv6_cidr_blocks": ("vpc-ipv6-cidr-blocks", False),
+    "vpc_ipv4_cidr_blocks": ("vpc-ipv4-cidr-blocks", True),
+    "vpc_ipv6_cidr_blocks": ("vpc-ipv6-cidr-blocks", True),
 }
 
 

@@ -224,11 +224,33 @@ def test_minimal_absent_values(start_mock, mnt):
         rel = os.path.relpath(mac, m.path)
         for name in ("public_hostname", "subnet_ipv4_cidr_block", "vpc_ipv4_cidr_block"):
             assert_absent(m, os.path.join(rel, name))
-        for name in ("ipv6s", "ipv6_prefix", "public_ipv4s"):  # empty on 404
+        for name in ("ipv6s", "ipv6_prefix", "public_ipv4s", "subnet_ipv6_cidr_blocks",
+                     "vpc_ipv6_cidr_blocks"):  # empty on 404
             assert m.read(rel, name) == b""
             assert os.stat(m.p(rel, name)).st_size == 0
         assert m.listdir(rel, "ipv4_associations") == []
     assert m.listdir("public_keys") == []
+    assert_tree(m, mock)
+
+
+def test_interface_lists_empty_on_404(start_mock, mnt):
+    """The three lists the ec2-metadata library returns as [] when IMDS has
+    none (a subnet or VPC without IPv6, a VPC with one IPv4 block listed
+    nowhere) are empty files, listed, never absent (SPEC, interfaces)."""
+    mock = start_mock("rich")
+    m = mnt(mock)
+    mac = os.path.relpath(interface_dirs(m)[0], m.path)
+    src = "meta-data/network/interfaces/macs/%s/" % os.path.basename(mac)
+    for name, remote in (("subnet_ipv6_cidr_blocks", "subnet-ipv6-cidr-blocks"),
+                         ("vpc_ipv4_cidr_blocks", "vpc-ipv4-cidr-blocks"),
+                         ("vpc_ipv6_cidr_blocks", "vpc-ipv6-cidr-blocks")):
+        try:
+            mock.delete(src + remote)
+        except Exception:
+            pass  # the instance has none already
+        assert name in m.listdir(mac), name
+        assert m.read(mac, name) == b"", name
+        assert os.stat(m.p(mac, name)).st_size == 0, name
     assert_tree(m, mock)
 
 
