@@ -3,7 +3,10 @@
  * operations; fills run unlocked, and the threads that want a value being
  * filled wait on a condition variable. An entry that is cleared while its
  * fill runs is unlinked at once (a new reader starts a fresh fill) and
- * freed by the last thread that still holds it.
+ * freed by the last thread that still holds it. A volatile entry is in the
+ * table only while its fill runs: that is what lets concurrent readers of
+ * one volatile value share a request, and no reader ever get a value whose
+ * fetch ended before it asked.
  */
 #include "cache.h"
 
@@ -20,6 +23,7 @@ struct entry {
 	int err;	    /* the fill's result */
 	bool filling;
 	bool detached;	     /* no longer in the table */
+	bool cleared;	     /* detached by a clear: its value is stale */
 	unsigned int holders; /* threads waiting for, or reading, a detached entry */
 };
 
@@ -40,6 +44,7 @@ struct blob *blob_new(const char *data, size_t len)
 	if (!b)
 		return NULL;
 	atomic_init(&b->refs, 1);
+	atomic_init(&b->stale, false);
 	for (unsigned int i = 0; i < BLOB_ANNEX_SLOTS; i++) {
 		atomic_init(&b->annex[i].value, NULL);
 		b->annex[i].destroy = NULL;
@@ -69,6 +74,11 @@ void blob_unref(struct blob *b)
 			b->annex[i].destroy(value);
 	}
 	free(b);
+}
+
+bool blob_is_stale(const struct blob *b)
+{
+	return atomic_load(&b->stale);
 }
 
 void *blob_annex_set(struct blob *b, unsigned int slot, void *value, void (*destroy)(void *))
@@ -189,9 +199,6 @@ int cache_get(struct cache *c, const char *key, bool store, cache_fill_fn fill, 
 	int err;
 
 	*out = NULL;
-	if (!store)
-		return fill(ctx, out);
-
 	pthread_mutex_lock(&c->lock);
 	slot = slot_of(c, key);
 	e = *slot;
@@ -231,8 +238,11 @@ int cache_get(struct cache *c, const char *key, bool store, cache_fill_fn fill, 
 	e->value = err ? NULL : value;
 	if (err && value)
 		blob_unref(value);
-	if (err && !e->detached) {
-		/* Failures are never cached: the next reader tries again. */
+	if (e->value && e->cleared)
+		atomic_store(&e->value->stale, true); /* fetched across a clear */
+	if ((err || !store) && !e->detached) {
+		/* Failures are never cached, nor volatile values: the next
+		 * reader fills again. */
 		unlink_entry(c, slot_of(c, key));
 	}
 	pthread_cond_broadcast(&c->filled);
@@ -257,9 +267,14 @@ static void clear_matching(struct cache *c, const char *what, bool prefix)
 			const char *k = (*slot)->key;
 			bool match = prefix ? strncmp(k, what, len) == 0
 					    : is_derived_from(k, what, len);
-			if (match)
+			if (match) {
+				struct entry *e = *slot;
+
+				e->cleared = true;
+				if (e->value)
+					atomic_store(&e->value->stale, true);
 				unlink_entry(c, slot);
-			else
+			} else
 				slot = &(*slot)->next;
 		}
 	}

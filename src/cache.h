@@ -26,6 +26,14 @@ struct blob_annex {
 /* Immutable, reference-counted bytes. */
 struct blob {
 	atomic_uint refs;
+	/*
+	 * Set once the cache no longer answers with these bytes: an rm or
+	 * SIGHUP cleared their key, or the fill that made them began before
+	 * such a clear. Never cleared again. A name must not stay bound to a
+	 * stale value (node.h); a reader may still be given one that it
+	 * fetched while the clear happened.
+	 */
+	atomic_bool stale;
 	size_t len;
 	struct timespec fetched; /* when it was fetched: st_mtime */
 	unsigned long long seq;	 /* order of making: of two fetches of one value,
@@ -59,19 +67,26 @@ struct cache;
 struct cache *cache_create(void);
 void cache_destroy(struct cache *cache);
 
+/* Whether the cache has dropped `blob` (see struct blob). */
+bool blob_is_stale(const struct blob *blob);
+
 /*
- * The value of `key`. When `store` is false the value is volatile: fill runs
- * every time and nothing is kept. Otherwise a cached value is returned at
- * once, or the caller fills it (or waits for the thread already filling it).
- * Blocks while a fill runs, never holding the cache lock. Returns 0 with a
- * reference the caller drops with blob_unref(), or the fill's -errno.
+ * The value of `key`. A cached value is returned at once; otherwise the
+ * caller fills it, or waits for the thread already filling it (single
+ * flight). When `store` is false the value is volatile: nothing is kept
+ * once the fill ends, so a caller shares a fill that is under way and
+ * otherwise starts a new one. Blocks while a fill runs, never holding the
+ * cache lock. Returns 0 with a reference the caller drops with
+ * blob_unref(), or the fill's -errno.
  */
 int cache_get(struct cache *cache, const char *key, bool store, cache_fill_fn fill, void *ctx,
 	      struct blob **out);
 
-/* Drop `key` and every "key#..." derived from it. */
+/* Drop `key` and every "key#..." derived from it, and mark their values
+ * stale; a fill under way for one of them makes a stale value. */
 void cache_clear(struct cache *cache, const char *key);
-/* Drop every key that starts with `prefix` ("" drops everything). */
+/* Drop every key that starts with `prefix` ("" drops everything), as
+ * cache_clear() does. */
 void cache_clear_prefix(struct cache *cache, const char *prefix);
 /* Number of values held (for tests). */
 size_t cache_count(struct cache *cache);

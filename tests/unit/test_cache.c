@@ -1,10 +1,12 @@
-/* The cache alone: hits, single flight, failures never stored, clearing by
- * key (with derived keys) and by prefix, volatile values never stored. */
+/* The cache alone: hits, single flight (volatile values too), failures never
+ * stored, clearing by key (with derived keys) and by prefix, volatile values
+ * never stored, stale marks on what a clear dropped. */
 #include "cache.h"
 #include "check.h"
 
 #include <errno.h>
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdatomic.h>
 #include <string.h>
 #include <unistd.h>
@@ -90,6 +92,7 @@ struct reader {
 	pthread_t thread;
 	struct cache *cache;
 	struct counter *counter;
+	bool store;
 	int err;
 	char got[16];
 };
@@ -99,7 +102,7 @@ static void *read_one(void *arg)
 	struct reader *r = arg;
 	struct blob *b = NULL;
 
-	r->err = cache_get(r->cache, "cold", true, fill, r->counter, &b);
+	r->err = cache_get(r->cache, "cold", r->store, fill, r->counter, &b);
 	if (!r->err) {
 		snprintf(r->got, sizeof(r->got), "%s", b->data);
 		blob_unref(b);
@@ -114,12 +117,14 @@ static void test_single_flight(void)
 	struct counter c = {.value = "once", .delay = 200000};
 	struct reader readers[READERS];
 
-	for (int round = 0; round < 2; round++) {
+	/* Rounds: a value, a failure, a volatile value (shared while its one
+	 * fill runs, then not kept). */
+	for (int round = 0; round < 3; round++) {
 		c.calls = 0;
-		c.result = round == 0 ? 0 : -EIO;
+		c.result = round == 1 ? -EIO : 0;
 		cache_clear(cache, "cold");
 		for (int i = 0; i < READERS; i++) {
-			readers[i] = (struct reader){.cache = cache, .counter = &c};
+			readers[i] = (struct reader){.cache = cache, .counter = &c, .store = round != 2};
 			pthread_create(&readers[i].thread, NULL, read_one, &readers[i]);
 		}
 		for (int i = 0; i < READERS; i++) {
@@ -131,7 +136,13 @@ static void test_single_flight(void)
 		/* All readers overlapped with the one slow fill. */
 		CHECK_EQ_INT(c.calls, 1);
 	}
-	CHECK_EQ_INT(cache_count(cache), 0); /* the failed round left nothing */
+	CHECK_EQ_INT(cache_count(cache), 0); /* nor the failed or volatile ones */
+	/* A volatile reader after the fill ended starts a new one. */
+	c.calls = 0;
+	c.delay = 0;
+	readers[0] = (struct reader){.cache = cache, .counter = &c, .store = false};
+	read_one(&readers[0]);
+	CHECK_EQ_INT(c.calls, 1);
 	cache_destroy(cache);
 }
 
@@ -156,13 +167,43 @@ static void test_clear_during_fill(void)
 	pthread_t t;
 
 	pthread_create(&t, NULL, clear_soon, &args);
-	CHECK_EQ_INT(get(cache, "racing", &c, "old"), 0);
+	struct blob *b = NULL;
+	CHECK_EQ_INT(cache_get(cache, "racing", true, fill, &c, &b), 0);
 	pthread_join(t, NULL);
-	/* The value fetched before the clear was not kept. */
+	/* The value fetched across the clear was not kept, and is stale. */
+	CHECK(b && strcmp(b->data, "old") == 0 && blob_is_stale(b));
+	blob_unref(b);
 	CHECK_EQ_INT(cache_count(cache), 0);
 	c.value = "new";
 	c.delay = 0;
-	CHECK_EQ_INT(get(cache, "racing", &c, "new"), 0);
+	CHECK_EQ_INT(cache_get(cache, "racing", true, fill, &c, &b), 0);
+	CHECK(b && strcmp(b->data, "new") == 0 && !blob_is_stale(b));
+	blob_unref(b);
+	cache_destroy(cache);
+}
+
+/* What a clear drops is marked stale, with what is derived from it; what
+ * it leaves is not; a volatile value is never stale for ending its fill. */
+static void test_stale_marks(void)
+{
+	struct cache *cache = cache_create();
+	struct counter c = {.value = "v"};
+	struct blob *doc = NULL, *field = NULL, *other = NULL, *vol = NULL;
+
+	CHECK_EQ_INT(cache_get(cache, "dynamic/doc", true, fill, &c, &doc), 0);
+	CHECK_EQ_INT(cache_get(cache, "dynamic/doc#field:region", true, fill, &c, &field), 0);
+	CHECK_EQ_INT(cache_get(cache, "dynamic/docs", true, fill, &c, &other), 0);
+	CHECK_EQ_INT(cache_get(cache, "meta-data/spot", false, fill, &c, &vol), 0);
+	CHECK(!blob_is_stale(doc) && !blob_is_stale(field) && !blob_is_stale(vol));
+	cache_clear(cache, "dynamic/doc");
+	CHECK(blob_is_stale(doc) && blob_is_stale(field));
+	CHECK(!blob_is_stale(other) && !blob_is_stale(vol));
+	cache_clear_prefix(cache, "");
+	CHECK(blob_is_stale(other));
+	blob_unref(doc);
+	blob_unref(field);
+	blob_unref(other);
+	blob_unref(vol);
 	cache_destroy(cache);
 }
 
@@ -171,5 +212,6 @@ int main(void)
 	test_hits_and_clear();
 	test_single_flight();
 	test_clear_during_fill();
+	test_stale_marks();
 	return check_done("test_cache");
 }
