@@ -3,7 +3,9 @@
  *
  * Easy handles live in a small pool: a request takes one, uses it and gives
  * it back, so a worker thread keeps reusing a handle (and its keep-alive
- * connection) without thread-local state to clean up. The pool lock and the
+ * connection) without thread-local state to clean up. A burst of readers
+ * makes more, one per request in flight; the pool keeps only a few of them
+ * afterwards (each holds a connection and some fds). The pool lock and the
  * token lock are only ever held for pointer moves, never across a request.
  *
  * Every request is bounded: each attempt by the configured timeout, the whole
@@ -29,6 +31,16 @@
 #define TOKEN_PATH	 "api/token"
 #define BACKOFF_BASE_MS	 100
 #define TOKEN_MAX_LEN	 4096
+/* Idle handles kept, as many as main.c keeps idle worker threads: past a
+ * burst, the daemon holds what it held before. */
+#define IDLE_HANDLES_MAX 2
+/* Requests to IMDS at once, at most: as many as the daemon had worker
+ * threads before main.c let them grow for readers that share a request.
+ * IMDS takes 1,024 packets per second per interface, and each request
+ * beyond the idle handles opens a connection. A burst of readers of many
+ * cold values waits its turn here, as it used to in the kernel's queue,
+ * before its own deadline starts. */
+#define REQUESTS_AT_ONCE 64
 
 struct handle {
 	CURL *curl;
@@ -42,8 +54,11 @@ struct fetcher {
 	unsigned int timeout_ms;
 	unsigned int retries;
 
-	pthread_mutex_t pool_lock;
+	pthread_mutex_t pool_lock; /* protects the three below */
+	pthread_cond_t pool_cond;  /* a request slot was given back */
 	struct handle *idle;
+	unsigned int idle_count;
+	unsigned int in_flight; /* requests holding a slot, <= REQUESTS_AT_ONCE */
 
 	pthread_mutex_t token_lock;
 	pthread_cond_t token_cond;
@@ -180,35 +195,61 @@ static size_t on_body(char *data, size_t size, size_t nmemb, void *userdata)
 	return n;
 }
 
+/* A request slot and a handle for it (give both back with handle_give).
+ * Blocks while REQUESTS_AT_ONCE requests are in flight. */
 static struct handle *handle_take(struct fetcher *f)
 {
 	struct handle *h;
 
 	pthread_mutex_lock(&f->pool_lock);
+	while (f->in_flight >= REQUESTS_AT_ONCE)
+		pthread_cond_wait(&f->pool_cond, &f->pool_lock);
+	f->in_flight++;
 	h = f->idle;
-	if (h)
+	if (h) {
 		f->idle = h->next;
+		f->idle_count--;
+	}
 	pthread_mutex_unlock(&f->pool_lock);
 	if (h)
 		return h;
 
 	h = calloc(1, sizeof(*h));
-	if (!h)
-		return NULL;
-	h->curl = curl_easy_init();
-	if (!h->curl) {
+	if (h && !(h->curl = curl_easy_init())) {
 		free(h);
-		return NULL;
+		h = NULL;
+	}
+	if (!h) {
+		pthread_mutex_lock(&f->pool_lock);
+		f->in_flight--;
+		pthread_cond_signal(&f->pool_cond);
+		pthread_mutex_unlock(&f->pool_lock);
 	}
 	return h;
 }
 
+static void handle_free(struct handle *h)
+{
+	curl_easy_cleanup(h->curl);
+	free(h);
+}
+
 static void handle_give(struct fetcher *f, struct handle *h)
 {
+	bool keep;
+
 	pthread_mutex_lock(&f->pool_lock);
-	h->next = f->idle;
-	f->idle = h;
+	keep = f->idle_count < IDLE_HANDLES_MAX;
+	if (keep) {
+		h->next = f->idle;
+		f->idle = h;
+		f->idle_count++;
+	}
+	f->in_flight--;
+	pthread_cond_signal(&f->pool_cond);
 	pthread_mutex_unlock(&f->pool_lock);
+	if (!keep)
+		handle_free(h); /* closes its connection */
 }
 
 /* One status-to-errno table for the whole daemon (SPEC.md, "Errors"). */
@@ -617,6 +658,7 @@ int fetch_create(const struct fetch_config *config, struct fetcher **out)
 	f->timeout_ms = config->timeout_ms;
 	f->retries = config->retries;
 	pthread_mutex_init(&f->pool_lock, NULL);
+	pthread_cond_init(&f->pool_cond, NULL);
 	pthread_mutex_init(&f->token_lock, NULL);
 	pthread_cond_init(&f->token_cond, NULL);
 	*out = f;
@@ -630,10 +672,10 @@ void fetch_destroy(struct fetcher *f)
 	while (f->idle) {
 		struct handle *h = f->idle;
 		f->idle = h->next;
-		curl_easy_cleanup(h->curl);
-		free(h);
+		handle_free(h);
 	}
 	pthread_mutex_destroy(&f->pool_lock);
+	pthread_cond_destroy(&f->pool_cond);
 	pthread_mutex_destroy(&f->token_lock);
 	pthread_cond_destroy(&f->token_cond);
 	free(f->token);

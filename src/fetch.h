@@ -34,7 +34,9 @@ void fetch_destroy(struct fetcher *fetcher);
 
 /*
  * GET /latest/<path>. Blocks for at most about timeout * (retries + 1) plus
- * backoff; holds no lock while the request is in flight. On success returns
+ * backoff, once one of a bounded number of request slots is free (a burst
+ * of requests queues for them); holds no lock while the request is in
+ * flight. On success returns
  * 0 and a malloc'd body (NUL-terminated for convenience; *len excludes the
  * NUL) that the caller frees. Otherwise returns -ENOENT (404), -EACCES (403,
  * or a 401 that a new token did not cure), -ETIMEDOUT, -ECONNREFUSED,

@@ -33,7 +33,16 @@
 
 #define DEFAULT_ENDPOINT      "http://169.254.169.254"
 #define DEFAULT_ENDPOINT_IPV6 "http://[fd00:ec2::254]"
-#define MAX_WORKER_THREADS    64
+/*
+ * One worker thread per request in flight, up to this many: readers of one
+ * volatile value share its request only if they are all in the daemon while
+ * it is under way (the kernel queues the rest). Waiting threads are cheap;
+ * what reaches IMDS at once is bounded by fetch.c, not by this.
+ */
+#define MAX_WORKER_THREADS    1024
+/* Worker threads kept idle after a burst (the rest exit as they finish);
+ * fetch.c keeps as many idle connections. */
+#define IDLE_WORKER_THREADS   2
 #define READY_WAIT_MS	      15000
 
 struct options {
@@ -591,9 +600,10 @@ int main(int argc, char *argv[])
 	if (!loop_config)
 		goto out_unmount;
 	/* Enough workers that requests waiting on a slow IMDS never starve
-	 * the ones the cache can answer at once. */
+	 * the ones the cache can answer at once, and that many readers of one
+	 * value wait for its one request together. */
 	fuse_loop_cfg_set_max_threads(loop_config, MAX_WORKER_THREADS);
-	fuse_loop_cfg_set_idle_threads(loop_config, 4);
+	fuse_loop_cfg_set_idle_threads(loop_config, IDLE_WORKER_THREADS);
 	/* Under systemd (Type=notify): the mount exists, and the kernel holds
 	 * any request to it until the loop below answers FUSE's init. */
 	if (o.foreground)
@@ -618,8 +628,7 @@ out_signals:
 out_session:
 	fuse_session_destroy(se);
 out_state:
-	if (fs.wake[1] > 0)
-		fs_free_state(&fs);
+	fs_free_state(&fs);
 	node_table_destroy(fs.resolver.nodes);
 	cache_destroy(fs.resolver.cache);
 	fetch_destroy(fs.resolver.fetcher);

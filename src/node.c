@@ -1,13 +1,15 @@
 /*
- * node: a hash table of (parent, name) -> attached node under one mutex, a
- * sibling list per directory for detaching subtrees, and a list of every
- * node for SIGHUP and clearing. The mutex covers only these structures;
- * nothing here blocks, and a node's value is never written after the node
- * is made, so reading it takes no lock.
+ * node: two hash tables under one mutex, one by FUSE id (every live node)
+ * and one by (parent, name) (bound nodes only), and a list of bound
+ * children per directory for unbinding subtrees. The mutex covers only
+ * these structures and the fields node.h marks; nothing here blocks, and a
+ * node's value is never written after the node is made, so reading it
+ * takes no lock, only a reference.
  */
 #include "node.h"
 #include "cache.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -15,17 +17,18 @@
 
 #define ROOT_INO 1 /* FUSE_ROOT_ID, without including FUSE here */
 
-struct node_table {
-	pthread_mutex_t lock;
-	struct node *root;
+struct index {
 	struct node **buckets;
-	size_t nbuckets;
-	size_t hashed;
-	struct node *all;
+	size_t nbuckets; /* a power of two */
 	size_t count;
-	unsigned long generation; /* see node_generation */
-	void (*drop)(struct node *node, void *ctx); /* see node_table_set_drop */
-	void *drop_ctx;
+};
+
+struct node_table {
+	pthread_mutex_t lock; /* protects everything below, and node.h's marked fields */
+	struct node *root;
+	struct index by_ino;
+	struct index by_name;
+	uint64_t next_ino;
 };
 
 static uint64_t hash_name(uint64_t seed, const char *name)
@@ -37,33 +40,78 @@ static uint64_t hash_name(uint64_t seed, const char *name)
 	return h;
 }
 
-static size_t bucket_of(const struct node_table *t, const struct node *parent, const char *name)
+static size_t ino_bucket(const struct index *x, uint64_t ino)
 {
-	return hash_name((uint64_t)(uintptr_t)parent, name) & (t->nbuckets - 1);
+	return (size_t)((ino * 11400714819323198485ULL) >> 17) & (x->nbuckets - 1);
 }
 
-uint64_t node_stable_ino(const struct node *dir, const char *name)
+static size_t name_bucket(const struct index *x, const struct node *parent, const char *name)
+{
+	return hash_name((uint64_t)(uintptr_t)parent, name) & (x->nbuckets - 1);
+}
+
+uint64_t node_stable_ino(uint64_t dir, const char *name)
 {
 	/* Small numbers are taken by the root and by tools' expectations. */
-	uint64_t h = hash_name(dir->stable_ino, name);
+	uint64_t h = hash_name(dir, name);
 
 	return h < 2 ? h + 2 : h;
 }
 
-static void link_all(struct node_table *t, struct node *n)
+static int index_init(struct index *x)
 {
-	n->all_next = t->all;
-	n->all_prev = NULL;
-	if (t->all)
-		t->all->all_prev = n;
-	t->all = n;
-	t->count++;
+	x->nbuckets = 256;
+	x->count = 0;
+	x->buckets = calloc(x->nbuckets, sizeof(*x->buckets));
+	return x->buckets ? 0 : -ENOMEM;
 }
 
-void node_free(struct node *n)
+/* Double the buckets when chains grow long; out of memory, keep the
+ * longer chains (still correct). */
+static void index_grow(struct index *x, bool by_name)
 {
-	if (!n)
+	size_t n = x->nbuckets * 2;
+	struct node **buckets = calloc(n, sizeof(*buckets));
+	struct index grown = {buckets, n, x->count};
+
+	if (!buckets)
 		return;
+	for (size_t i = 0; i < x->nbuckets; i++) {
+		struct node *node = x->buckets[i];
+		while (node) {
+			struct node **next = by_name ? &node->name_next : &node->ino_next;
+			struct node *after = *next;
+			size_t b = by_name ? name_bucket(&grown, node->parent, node->name)
+					   : ino_bucket(&grown, node->ino);
+			*next = buckets[b];
+			buckets[b] = node;
+			node = after;
+		}
+	}
+	free(x->buckets);
+	*x = grown;
+}
+
+static struct node **ino_slot(struct node_table *t, uint64_t ino)
+{
+	struct node **slot = &t->by_ino.buckets[ino_bucket(&t->by_ino, ino)];
+
+	while (*slot && (*slot)->ino != ino)
+		slot = &(*slot)->ino_next;
+	return slot;
+}
+
+static struct node **name_slot(struct node_table *t, const struct node *parent, const char *name)
+{
+	struct node **slot = &t->by_name.buckets[name_bucket(&t->by_name, parent, name)];
+
+	while (*slot && ((*slot)->parent != parent || strcmp((*slot)->name, name) != 0))
+		slot = &(*slot)->name_next;
+	return slot;
+}
+
+static void node_free(struct node *n)
+{
 	blob_unref(n->value);
 	free(n->name);
 	free(n->src);
@@ -91,6 +139,16 @@ static struct node *node_new(const char *name, const struct node_spec *spec)
 	return n;
 }
 
+static void add_by_ino(struct node_table *t, struct node *n)
+{
+	struct node **slot = &t->by_ino.buckets[ino_bucket(&t->by_ino, n->ino)];
+
+	n->ino_next = *slot;
+	*slot = n;
+	if (++t->by_ino.count > t->by_ino.nbuckets)
+		index_grow(&t->by_ino, false);
+}
+
 struct node_table *node_table_create(void)
 {
 	struct node_table *t = calloc(1, sizeof(*t));
@@ -98,18 +156,20 @@ struct node_table *node_table_create(void)
 
 	if (!t)
 		return NULL;
-	t->nbuckets = 256;
-	t->buckets = calloc(t->nbuckets, sizeof(*t->buckets));
 	t->root = node_new("", &root);
-	if (!t->buckets || !t->root) {
-		free(t->buckets);
-		node_free(t->root);
+	if (!t->root || index_init(&t->by_ino) || index_init(&t->by_name)) {
+		free(t->by_ino.buckets);
+		free(t->by_name.buckets);
+		if (t->root)
+			node_free(t->root);
 		free(t);
 		return NULL;
 	}
-	t->root->attached = true;
+	t->root->ino = ROOT_INO;
 	t->root->stable_ino = ROOT_INO;
-	link_all(t, t->root);
+	t->root->state = NODE_BOUND;
+	t->next_ino = ROOT_INO + 1;
+	add_by_ino(t, t->root);
 	pthread_mutex_init(&t->lock, NULL);
 	return t;
 }
@@ -118,12 +178,17 @@ void node_table_destroy(struct node_table *t)
 {
 	if (!t)
 		return;
-	while (t->all) {
-		struct node *n = t->all;
-		t->all = n->all_next;
-		node_free(n);
+	/* Every node, whatever holds it: the daemon is going away. */
+	for (size_t i = 0; i < t->by_ino.nbuckets; i++) {
+		struct node *n = t->by_ino.buckets[i];
+		while (n) {
+			struct node *next = n->ino_next;
+			node_free(n);
+			n = next;
+		}
 	}
-	free(t->buckets);
+	free(t->by_ino.buckets);
+	free(t->by_name.buckets);
 	pthread_mutex_destroy(&t->lock);
 	free(t);
 }
@@ -133,99 +198,97 @@ struct node *node_root(struct node_table *t)
 	return t->root;
 }
 
-uint64_t node_ino(struct node_table *t, const struct node *n)
-{
-	return n == t->root ? ROOT_INO : (uint64_t)(uintptr_t)n;
-}
-
-struct node *node_from_ino(struct node_table *t, uint64_t ino)
-{
-	return ino == ROOT_INO ? t->root : (struct node *)(uintptr_t)ino;
-}
-
-static struct node **slot_of(struct node_table *t, const struct node *parent, const char *name)
-{
-	struct node **slot = &t->buckets[bucket_of(t, parent, name)];
-
-	while (*slot && ((*slot)->parent != parent || strcmp((*slot)->name, name) != 0))
-		slot = &(*slot)->hash_next;
-	return slot;
-}
-
-static void grow(struct node_table *t)
-{
-	size_t old = t->nbuckets;
-	struct node **old_buckets = t->buckets;
-	struct node **buckets = calloc(old * 2, sizeof(*buckets));
-
-	if (!buckets)
-		return;
-	t->buckets = buckets;
-	t->nbuckets = old * 2;
-	for (size_t i = 0; i < old; i++) {
-		struct node *n = old_buckets[i];
-		while (n) {
-			struct node *next = n->hash_next;
-			size_t b = bucket_of(t, n->parent, n->name);
-			n->hash_next = buckets[b];
-			buckets[b] = n;
-			n = next;
-		}
-	}
-	free(old_buckets);
-}
-
-/* Free `n` when nothing holds it any more, then its parent if that was the
- * last thing holding the parent. */
+/* Under the lock: free `n` if nothing holds it any more, then its parent
+ * if that was the last thing holding the parent. */
 static void maybe_free(struct node_table *t, struct node *n)
 {
-	while (n && n != t->root && !n->attached && n->nlookup == 0 && n->children == 0) {
+	while (n != t->root && n->state == NODE_UNBOUND && n->nlookup == 0 && n->refs == 0) {
 		struct node *parent = n->parent;
+		struct node **slot = ino_slot(t, n->ino);
 
-		if (n->all_prev)
-			n->all_prev->all_next = n->all_next;
-		else
-			t->all = n->all_next;
-		if (n->all_next)
-			n->all_next->all_prev = n->all_prev;
-		t->count--;
-		if (t->drop)
-			t->drop(n, t->drop_ctx);
-		else
-			node_free(n);
-		if (!parent)
-			break;
-		parent->children--;
+		assert(*slot == n);
+		*slot = n->ino_next;
+		t->by_ino.count--;
+		node_free(n);
+		assert(parent->refs > 0);
+		parent->refs--;
 		n = parent;
 	}
 }
 
-static void detach_locked(struct node_table *t, struct node *n, node_unbound_fn each, void *ctx,
-			  bool supersede)
+struct node *node_get(struct node_table *t, uint64_t ino)
 {
-	if (!n->attached || n == t->root)
-		return;
-	n->superseded = supersede;
-	while (n->first_child) {
-		struct node *child = n->first_child;
-		if (each && child->nlookup > 0)
-			each(child, ctx);
-		detach_locked(t, child, each, ctx, supersede);
-	}
+	struct node *n;
 
-	struct node **slot = slot_of(t, n->parent, n->name);
-	if (*slot == n)
-		*slot = n->hash_next;
-	t->hashed--;
+	pthread_mutex_lock(&t->lock);
+	n = *ino_slot(t, ino);
+	if (n)
+		n->refs++;
+	pthread_mutex_unlock(&t->lock);
+	return n;
+}
+
+struct node *node_find(struct node_table *t, struct node *parent, const char *name)
+{
+	struct node *n;
+
+	pthread_mutex_lock(&t->lock);
+	n = *name_slot(t, parent, name);
+	if (n)
+		n->refs++;
+	pthread_mutex_unlock(&t->lock);
+	return n;
+}
+
+void node_put(struct node_table *t, struct node *n)
+{
+	pthread_mutex_lock(&t->lock);
+	assert(n->refs > 0);
+	n->refs--;
+	maybe_free(t, n);
+	pthread_mutex_unlock(&t->lock);
+}
+
+static void unbind_locked(struct node_table *t, struct node *n, node_unbound_fn each, void *ctx)
+{
+	struct node **slot;
+
+	if (n->state != NODE_BOUND || n == t->root)
+		return;
+	while (n->first_child)
+		unbind_locked(t, n->first_child, each, ctx);
+
+	slot = name_slot(t, n->parent, n->name);
+	assert(*slot == n);
+	*slot = n->name_next;
+	n->name_next = NULL;
+	t->by_name.count--;
 	if (n->prev_sibling)
 		n->prev_sibling->next_sibling = n->next_sibling;
 	else
 		n->parent->first_child = n->next_sibling;
 	if (n->next_sibling)
 		n->next_sibling->prev_sibling = n->prev_sibling;
-	n->hash_next = n->next_sibling = n->prev_sibling = NULL;
-	n->attached = false;
+	n->next_sibling = n->prev_sibling = NULL;
+	n->state = NODE_UNBOUND;
+	if (each && n->nlookup > 0)
+		each(n, ctx);
 	maybe_free(t, n);
+}
+
+static void bind_locked(struct node_table *t, struct node *parent, struct node *n)
+{
+	struct node **slot = &t->by_name.buckets[name_bucket(&t->by_name, parent, n->name)];
+
+	n->name_next = *slot;
+	*slot = n;
+	if (++t->by_name.count > t->by_name.nbuckets)
+		index_grow(&t->by_name, true);
+	n->next_sibling = parent->first_child;
+	if (parent->first_child)
+		parent->first_child->prev_sibling = n;
+	parent->first_child = n;
+	n->state = NODE_BOUND;
 }
 
 static bool same_place(const struct node *n, const struct node_spec *spec)
@@ -235,54 +298,37 @@ static bool same_place(const struct node *n, const struct node_spec *spec)
 	       strcmp(n->base, spec->base ? spec->base : "") == 0;
 }
 
-/* Whether attached node `n` can answer for a lookup that got `value`: the
+/* Whether bound node `n` can answer for a lookup that got `value`: the
  * same bytes (a volatile value fetched again, unchanged), or newer ones. */
 static bool shows_at_least(const struct node *n, const struct blob *value)
 {
 	if (!value || n->value == value)
 		return true;
-	if (!n->value)
+	if (!n->value || blob_is_stale(n->value))
 		return false;
 	return value->seq < n->value->seq ||
 	       (n->value->len == value->len && memcmp(n->value->data, value->data, value->len) == 0);
 }
 
-unsigned long node_generation(struct node_table *t)
+int node_bind(struct node_table *t, struct node *parent, const char *name,
+	      const struct node_spec *spec, struct node **out)
 {
-	unsigned long g;
-
-	pthread_mutex_lock(&t->lock);
-	g = t->generation;
-	pthread_mutex_unlock(&t->lock);
-	return g;
-}
-
-int node_child(struct node_table *t, struct node *parent, const char *name,
-	       const struct node_spec *spec, unsigned long generation, bool last_attempt,
-	       struct node **out)
-{
-	bool transient = false;
-	struct node *n;
+	bool can_bind, stale = spec->value && blob_is_stale(spec->value);
+	struct node *n = NULL;
 	int err = 0;
 
 	pthread_mutex_lock(&t->lock);
-	if (t->generation != generation) {
-		if (!last_attempt) {
-			err = -EAGAIN;
-			goto out;
+	can_bind = parent->state == NODE_BOUND && !stale;
+	if (can_bind) {
+		n = *name_slot(t, parent, name);
+		if (n && !(same_place(n, spec) && shows_at_least(n, spec->value))) {
+			/* The name shows something else now: a volatile value that
+			 * changed, a value refetched after a clear, or IMDS made a
+			 * file a directory. The kernel is asking about this very
+			 * name, so it learns of the new node from this reply. */
+			unbind_locked(t, n, NULL, NULL);
+			n = NULL;
 		}
-		/* Out of attempts: answer with what was fetched, on a node
-		 * that is nobody's to find and that the kernel must not keep. */
-		transient = true;
-	}
-	n = transient ? NULL : *slot_of(t, parent, name);
-	if (n && !(same_place(n, spec) && shows_at_least(n, spec->value))) {
-		/* The name shows something else now: a volatile value that
-		 * changed, or IMDS made a file a directory. The kernel is
-		 * asking about this very name, so it learns of the new node
-		 * from this lookup's reply. */
-		detach_locked(t, n, NULL, NULL, false);
-		n = NULL;
 	}
 	if (!n) {
 		n = node_new(name, spec);
@@ -290,143 +336,85 @@ int node_child(struct node_table *t, struct node *parent, const char *name,
 			err = -ENOMEM;
 			goto out;
 		}
+		n->ino = t->next_ino++;
 		n->parent = parent;
-		n->stable_ino = node_stable_ino(parent, name);
-		parent->children++;
-		link_all(t, n);
-		n->transient = transient;
-		/* Under a directory removed while we looked, the node answers
-		 * this lookup but is nobody's to find again. */
-		if (parent->attached && !transient) {
-			n->attached = true;
-			n->next_sibling = parent->first_child;
-			if (parent->first_child)
-				parent->first_child->prev_sibling = n;
-			parent->first_child = n;
-			struct node **slot = &t->buckets[bucket_of(t, parent, name)];
-			n->hash_next = *slot;
-			*slot = n;
-			if (++t->hashed > t->nbuckets)
-				grow(t);
-		}
+		n->stable_ino = node_stable_ino(parent->stable_ino, name);
+		n->state = NODE_UNBOUND;
+		parent->refs++;
+		add_by_ino(t, n);
+		if (can_bind)
+			bind_locked(t, parent, n);
 	}
 	n->nlookup++;
-	n->name_dropped = false;
 	*out = n;
 out:
 	pthread_mutex_unlock(&t->lock);
 	return err;
 }
 
-struct node *node_find(struct node_table *t, struct node *parent, const char *name)
+void node_forget(struct node_table *t, uint64_t ino, uint64_t count)
 {
 	struct node *n;
 
+	if (ino == ROOT_INO)
+		return; /* the root lives as long as the mount */
 	pthread_mutex_lock(&t->lock);
-	n = *slot_of(t, parent, name);
-	if (n)
-		n->nlookup++;
-	pthread_mutex_unlock(&t->lock);
-	return n;
-}
-
-bool node_known(struct node_table *t, struct node *parent, const char *name)
-{
-	struct node *n;
-	bool known;
-
-	pthread_mutex_lock(&t->lock);
-	n = *slot_of(t, parent, name);
-	known = n && n->nlookup > 0 && !n->name_dropped;
-	pthread_mutex_unlock(&t->lock);
-	return known;
-}
-
-void node_name_dropped(struct node_table *t, struct node *parent, const char *name)
-{
-	struct node *n;
-
-	pthread_mutex_lock(&t->lock);
-	n = *slot_of(t, parent, name);
-	if (n)
-		n->name_dropped = true;
-	pthread_mutex_unlock(&t->lock);
-}
-
-void node_forget(struct node_table *t, struct node *n, uint64_t count)
-{
-	pthread_mutex_lock(&t->lock);
-	n->nlookup = n->nlookup > count ? n->nlookup - count : 0;
+	n = *ino_slot(t, ino);
+	/* The kernel forgets only what a lookup gave it, at most as often. */
+	assert(n && n->nlookup >= count);
+	n->nlookup -= count;
 	maybe_free(t, n);
 	pthread_mutex_unlock(&t->lock);
 }
 
-void node_detach(struct node_table *t, struct node *n, node_unbound_fn each, void *ctx)
+void node_unbind(struct node_table *t, struct node *n, node_unbound_fn each, void *ctx)
 {
 	pthread_mutex_lock(&t->lock);
-	detach_locked(t, n, each, ctx, false);
+	unbind_locked(t, n, each, ctx);
 	pthread_mutex_unlock(&t->lock);
 }
 
-void node_supersede_matching(struct node_table *t, bool (*match)(struct node *, void *),
-			     void *ctx, node_unbound_fn each, void *each_ctx)
+void node_unbind_stale(struct node_table *t, node_unbound_fn each, void *ctx)
 {
-	struct node **found = NULL;
-	size_t count = 0, cap = 0;
-
 	pthread_mutex_lock(&t->lock);
-	t->generation++;
-	for (struct node *n = t->all; n; n = n->all_next) {
-		if (!n->attached || n->is_dir || !match(n, ctx))
-			continue;
-		if (count == cap) {
-			size_t grown_cap = cap ? cap * 2 : 8;
-			struct node **grown = realloc(found, grown_cap * sizeof(*grown));
-			if (!grown)
-				break;
-			found = grown;
-			cap = grown_cap;
+	for (size_t i = 0; i < t->by_name.nbuckets; i++) {
+		struct node **slot = &t->by_name.buckets[i];
+		while (*slot) {
+			struct node *n = *slot;
+			/* Unbinding a file takes it, and only it, off this chain. */
+			if (!n->is_dir && n->value && blob_is_stale(n->value))
+				unbind_locked(t, n, each, ctx);
+			else
+				slot = &n->name_next;
 		}
-		found[count++] = n;
-	}
-	/* Files have no children: detaching one frees at most itself and
-	 * directories above it, never another entry of `found`. */
-	for (size_t i = 0; i < count; i++) {
-		if (each && found[i]->nlookup > 0)
-			each(found[i], each_ctx);
-		detach_locked(t, found[i], NULL, NULL, true);
-	}
-	pthread_mutex_unlock(&t->lock);
-	free(found);
-}
-
-void node_detach_all(struct node_table *t, node_unbound_fn each, void *ctx)
-{
-	pthread_mutex_lock(&t->lock);
-	t->generation++;
-	while (t->root->first_child) {
-		struct node *child = t->root->first_child;
-		if (each && child->nlookup > 0)
-			each(child, ctx);
-		detach_locked(t, child, each, ctx, true);
 	}
 	pthread_mutex_unlock(&t->lock);
 }
 
-bool node_is_superseded(struct node_table *t, struct node *n)
+void node_unbind_all(struct node_table *t, node_unbound_fn each, void *ctx)
 {
-	bool superseded;
-
 	pthread_mutex_lock(&t->lock);
-	superseded = n->superseded;
+	while (t->root->first_child)
+		unbind_locked(t, t->root->first_child, each, ctx);
 	pthread_mutex_unlock(&t->lock);
-	return superseded;
 }
 
-void node_table_set_drop(struct node_table *t, void (*drop)(struct node *, void *), void *ctx)
+bool node_is_bound(struct node_table *t, const struct node *n)
 {
+	bool bound;
+
 	pthread_mutex_lock(&t->lock);
-	t->drop = drop;
-	t->drop_ctx = ctx;
+	bound = n->state == NODE_BOUND;
 	pthread_mutex_unlock(&t->lock);
+	return bound;
+}
+
+size_t node_count(struct node_table *t)
+{
+	size_t n;
+
+	pthread_mutex_lock(&t->lock);
+	n = t->by_ino.count;
+	pthread_mutex_unlock(&t->lock);
+	return n;
 }

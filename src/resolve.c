@@ -261,28 +261,47 @@ static int resolve_content(struct resolver *r, const struct node *file, struct b
 	return err;
 }
 
+/*
+ * Split an IMDS path into the directory whose listing names it ("a/b/", or
+ * "" at the top) and its last part, without a trailing '/'. Returns 0 with
+ * both malloc'd, or -ENOMEM (or -EIO for no path).
+ */
+static int split_path(const char *path, char **dir, char **name)
+{
+	size_t n = path ? strlen(path) : 0;
+	const char *slash;
+	size_t dir_len;
+
+	*dir = *name = NULL;
+	if (!path)
+		return -EIO; /* a row without a source: tree_init() refuses it */
+	if (n && path[n - 1] == '/')
+		n--;
+	slash = n ? memrchr(path, '/', n) : NULL;
+	dir_len = slash ? (size_t)(slash - path) + 1 : 0;
+	*dir = strndup(path, dir_len);
+	*name = strndup(path + dir_len, n - dir_len);
+	if (!*dir || !*name) {
+		free(*dir);
+		free(*name);
+		*dir = *name = NULL;
+		return -ENOMEM;
+	}
+	return 0;
+}
+
 /* Whether the last part of `path` is named in its directory's listing. */
 static int check_listed(struct resolver *r, const char *path)
 {
-	size_t n = strlen(path);
-	const char *slash;
-	char *dir, *name;
 	const struct tree_entry *e;
 	struct blob *holder = NULL;
-	int err;
+	char *dir, *name;
+	int err = split_path(path, &dir, &name);
 
-	if (n && path[n - 1] == '/')
-		n--;
-	slash = memrchr(path, '/', n);
-	dir = strndup(path, slash ? (size_t)(slash - path + 1) : 0);
-	name = strndup(slash ? slash + 1 : path, slash ? n - (size_t)(slash + 1 - path) : n);
-	if (!dir || !name) {
-		err = -ENOMEM;
-		goto out;
-	}
+	if (err)
+		return err;
 	err = find_listed(r, dir, name, TREE_KEYS_LISTING, false, &holder, &e);
 	blob_unref(holder);
-out:
 	free(dir);
 	free(name);
 	return err;
@@ -295,6 +314,10 @@ static int check_present(struct resolver *r, const struct tree_row *row, const c
 	char *path;
 	int err;
 
+	if (row->presence == TREE_ALWAYS)
+		return 0;
+	if (!src)
+		return -EIO; /* tree_init() refuses such a row */
 	switch (row->presence) {
 	case TREE_ALWAYS:
 		return 0;
@@ -420,10 +443,7 @@ void resolve_attr_of(const struct node *n, struct resolve_attr *attr)
 	}
 }
 
-/* What `name` in `dir` stands for, and its value when it is a file: one
- * attempt of resolve_lookup. */
-static int lookup_once(struct resolver *r, struct node *dir, const char *name,
-		       unsigned long generation, bool last_attempt, struct node **out)
+int resolve_lookup(struct resolver *r, struct node *dir, const char *name, struct node **out)
 {
 	struct node_spec spec = {0};
 	const struct tree_listing *l;
@@ -433,6 +453,9 @@ static int lookup_once(struct resolver *r, struct node *dir, const char *name,
 	bool base_owned = false;
 	int err = 0;
 
+	*out = NULL;
+	if (!tree_name_is_valid(name, strlen(name)))
+		return -ENOENT;
 	switch (dir->row->kind) {
 	case TREE_DIR:
 		row = tree_child(dir->row, name);
@@ -476,28 +499,10 @@ static int lookup_once(struct resolver *r, struct node *dir, const char *name,
 		cache_clear(r->cache, dir->src);
 	}
 	if (!err)
-		err = node_child(r->nodes, dir, name, &spec, generation, last_attempt, out);
+		err = node_bind(r->nodes, dir, name, &spec, out);
 out:
 	blob_unref(spec.value);
 	spec_free(&spec, base_owned);
-	return err;
-}
-
-/* A lookup that saw a clear after it fetched starts over, a few times:
- * past that (a storm of rm during slow fetches), it answers once with what
- * its last attempt fetched (see node_child). */
-#define LOOKUP_ATTEMPTS 4
-
-int resolve_lookup(struct resolver *r, struct node *dir, const char *name, struct node **out)
-{
-	int err = -EAGAIN;
-
-	*out = NULL;
-	if (!tree_name_is_valid(name, strlen(name)))
-		return -ENOENT;
-	for (int attempt = 1; err == -EAGAIN && attempt <= LOOKUP_ATTEMPTS; attempt++)
-		err = lookup_once(r, dir, name, node_generation(r->nodes),
-				  attempt == LOOKUP_ATTEMPTS, out);
 	return err;
 }
 
@@ -597,7 +602,7 @@ int resolve_list(struct resolver *r, const struct node *dir, struct resolve_dire
 	return err;
 }
 
-static void clear_key(struct resolver *r, struct resolve_cleared *c, const char *key, bool prefix)
+static void clear_key(struct resolver *r, const char *key, bool prefix)
 {
 	if (!key)
 		return;
@@ -605,34 +610,19 @@ static void clear_key(struct resolver *r, struct resolve_cleared *c, const char 
 		cache_clear_prefix(r->cache, key);
 	else
 		cache_clear(r->cache, key);
-	if (c->count == c->cap) {
-		size_t n = c->cap ? c->cap * 2 : 8;
-		struct cleared_key *grown = realloc(c->keys, n * sizeof(*grown));
-		if (!grown)
-			return;
-		c->keys = grown;
-		c->cap = n;
-	}
-	c->keys[c->count].key = strdup(key);
-	c->keys[c->count].prefix = prefix;
-	if (c->keys[c->count].key)
-		c->count++;
 }
 
 /* The listing that says whether `path` exists: `rmdir` clears it with the
  * values below it. */
-static void clear_listing_of(struct resolver *r, struct resolve_cleared *c, const char *path)
+static void clear_listing_of(struct resolver *r, const char *path)
 {
-	size_t n = strlen(path);
-	const char *slash;
-	char *dir;
+	char *dir, *name;
 
-	if (n && path[n - 1] == '/')
-		n--;
-	slash = memrchr(path, '/', n);
-	dir = strndup(path, slash ? (size_t)(slash - path + 1) : 0);
-	clear_key(r, c, dir, false);
+	if (split_path(path, &dir, &name) != 0)
+		return;
+	clear_key(r, dir, false);
 	free(dir);
+	free(name);
 }
 
 /*
@@ -641,15 +631,15 @@ static void clear_listing_of(struct resolver *r, struct resolve_cleared *c, cons
  * removes the directory, and a re-read listing could make the later names
  * vanish under it.
  */
-static void clear_file(struct resolver *r, struct resolve_cleared *c, const struct tree_row *row,
+static void clear_file(struct resolver *r, const struct tree_row *row,
 		       const char *src, bool with_listing)
 {
-	clear_key(r, c, src, (row->flags & TREE_VIA_ROLE) != 0);
+	clear_key(r, src, (row->flags & TREE_VIA_ROLE) != 0);
 	if (with_listing)
-		clear_listing_of(r, c, src);
+		clear_listing_of(r, src);
 }
 
-static void clear_row(struct resolver *r, struct resolve_cleared *c, const struct tree_row *row,
+static void clear_row(struct resolver *r, const struct tree_row *row,
 		      const char *base)
 {
 	char *src = row->source ? join(base, row->source) : NULL;
@@ -659,66 +649,42 @@ static void clear_row(struct resolver *r, struct resolve_cleared *c, const struc
 	case TREE_FILE:
 	case TREE_RAW_FILE:
 		if (src)
-			clear_file(r, c, row, src, true);
+			clear_file(r, row, src, true);
 		break;
 	case TREE_MAPPING:
-		clear_key(r, c, src, false);
-		clear_key(r, c, entries, true);
+		clear_key(r, src, false);
+		clear_key(r, entries, true);
 		break;
 	case TREE_RAW_DIR:
-		clear_key(r, c, src, true);
+		clear_key(r, src, true);
 		if (src)
-			clear_listing_of(r, c, src);
+			clear_listing_of(r, src);
 		break;
 	case TREE_DIR:
-		clear_key(r, c, src, false);
+		clear_key(r, src, false);
 		for (const struct tree_row *child = tree_next_child(row, NULL); child;
 		     child = tree_next_child(row, child))
-			clear_row(r, c, child, base);
+			clear_row(r, child, base);
 		break;
 	}
 	free(src);
 	free(entries);
 }
 
-void resolve_clear(struct resolver *r, const struct node *n, struct resolve_cleared *c)
+void resolve_clear(struct resolver *r, const struct node *n)
 {
 	bool is_entry = strcmp(tree_row_name(n->row), "*") == 0;
 
 	if (!n->is_dir) {
-		clear_file(r, c, n->row, n->src, false);
+		clear_file(r, n->row, n->src, false);
 	} else if (n->row->kind == TREE_RAW_DIR) {
-		clear_key(r, c, n->src, true);
-		clear_listing_of(r, c, n->src);
+		clear_key(r, n->src, true);
+		clear_listing_of(r, n->src);
 	} else if (is_entry) {
-		clear_key(r, c, n->base, true);
+		clear_key(r, n->base, true);
 	} else {
 		/* A fixed directory or mapping: its rows, read against the
 		 * node's base. */
-		clear_row(r, c, n->row, n->base);
+		clear_row(r, n->row, n->base);
 	}
-}
-
-bool resolve_cleared_covers(const struct resolve_cleared *c, const struct node *n)
-{
-	if (!n->src)
-		return false;
-	for (size_t i = 0; i < c->count; i++) {
-		const char *k = c->keys[i].key;
-		size_t len = strlen(k);
-		if (c->keys[i].prefix ? strncmp(n->src, k, len) == 0 : strcmp(n->src, k) == 0)
-			return true;
-		/* A role-indirect file reads below its listing path. */
-		if ((n->row->flags & TREE_VIA_ROLE) && strncmp(k, n->src, strlen(n->src)) == 0)
-			return true;
-	}
-	return false;
-}
-
-void resolve_cleared_free(struct resolve_cleared *c)
-{
-	for (size_t i = 0; i < c->count; i++)
-		free(c->keys[i].key);
-	free(c->keys);
-	memset(c, 0, sizeof(*c));
 }

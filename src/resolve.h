@@ -54,23 +54,13 @@ int resolve_list(struct resolver *r, const struct node *dir, struct resolve_dire
 		 size_t *count);
 void resolve_dirents_free(struct resolve_dirent *entries, size_t count);
 
-/* The cache keys an `rm` cleared, to find the other inodes that showed
- * them (a raw/ twin, a value derived from the same document). */
-struct resolve_cleared {
-	struct cleared_key {
-		char *key;
-		bool prefix;
-	} *keys;
-	size_t count;
-	size_t cap;
-};
-
-/* Clear what `node` shows and whatever it is derived from (a directory:
- * everything below it, listings included). */
-void resolve_clear(struct resolver *r, const struct node *node, struct resolve_cleared *cleared);
-/* Whether `node`'s cached bytes were among those cleared. */
-bool resolve_cleared_covers(const struct resolve_cleared *cleared, const struct node *node);
-void resolve_cleared_free(struct resolve_cleared *cleared);
+/*
+ * Clear what `node` shows and whatever it is derived from (a directory:
+ * everything below it, listings included). The values dropped are marked
+ * stale (cache.h), which is how node_unbind_stale() finds every other name
+ * that showed them: a raw/ twin, a value derived from the same document.
+ */
+void resolve_clear(struct resolver *r, const struct node *node);
 
 bool resolve_is_volatile(const struct node *node);
 

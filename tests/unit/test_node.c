@@ -1,27 +1,15 @@
 /* The node table alone: a name shows one node per value, a node's value
- * never changes, a lookup that fetched before a clear is sent back to fetch
- * again, superseded nodes are reported and marked, and nodes nobody holds
- * are handed to the drop hook. */
+ * never changes, a stale value or an unbound parent gives an unbound node,
+ * rm's unbinding finds every name that showed a cleared value, node ids are
+ * never reused, and a node lives exactly as long as something holds it. */
 #include "cache.h"
 #include "check.h"
 #include "node.h"
 
 #include <errno.h>
+#include <stdbool.h>
+#include <stdio.h>
 #include <string.h>
-
-struct dropped {
-	int count;
-	struct node *last;
-};
-
-static void drop(struct node *n, void *ctx)
-{
-	struct dropped *d = ctx;
-
-	d->count++;
-	d->last = n;
-	node_free(n);
-}
 
 /* Values are ordered by when they were made (blob seq), as fetches are. */
 static struct blob *value(const char *s)
@@ -29,229 +17,256 @@ static struct blob *value(const char *s)
 	return blob_new(s, strlen(s));
 }
 
+static int fill_with(void *ctx, struct blob **out)
+{
+	*out = value(ctx);
+	return 0;
+}
+
+/* A value held by `cache` under `key`, as resolve.c gets them. */
+static struct blob *cached(struct cache *cache, const char *key, const char *bytes)
+{
+	struct blob *b = NULL;
+
+	CHECK_EQ_INT(cache_get(cache, key, true, fill_with, (void *)bytes, &b), 0);
+	return b;
+}
+
 static struct node_spec file_spec(const char *src, struct blob *v)
 {
-	struct node_spec spec = {
-	    .row = tree_child(tree_root(), "region"), .src = src, .value = v};
+	struct node_spec spec = {.row = tree_child(tree_root(), "region"), .src = src, .value = v};
 
 	return spec;
 }
 
-static struct node *child(struct node_table *t, const char *name, struct node_spec *spec)
+static struct node_spec dir_spec(const char *base)
+{
+	struct node_spec spec = {.row = tree_child(tree_root(), "network"), .base = base, .is_dir = true};
+
+	return spec;
+}
+
+static struct node *bind(struct node_table *t, struct node *parent, const char *name,
+			 struct node_spec spec)
 {
 	struct node *n = NULL;
 
-	CHECK_EQ_INT(
-	    node_child(t, node_root(t), name, spec, node_generation(t), false, &n), 0);
+	CHECK_EQ_INT(node_bind(t, parent, name, &spec, &n), 0);
 	return n;
+}
+
+struct heard {
+	int count;
+	char names[8][32];
+};
+
+static void hear(const struct node *n, void *ctx)
+{
+	struct heard *h = ctx;
+
+	if (h->count < 8)
+		snprintf(h->names[h->count], sizeof(h->names[0]), "%s", n->name);
+	h->count++;
 }
 
 static void test_one_node_per_value(void)
 {
-	struct dropped d = {0};
 	struct node_table *t = node_table_create();
+	struct node *root = node_root(t);
 	struct blob *older = value("ap-south-1\n"), *v1 = value("eu-west-1\n");
 	struct blob *same = value("eu-west-1\n"), *v2 = value("us-east-2\n");
-	struct node_spec spec = file_spec("doc", v1);
 
-	node_table_set_drop(t, drop, &d);
-	struct node *a = child(t, "region", &spec);
-	CHECK(a && a->value == v1 && a->attached);
-	CHECK(child(t, "region", &spec) == a);
-	CHECK_EQ_INT(a->nlookup, 2);
+	struct node *a = bind(t, root, "region", file_spec("doc", v1));
+	CHECK(a && a->value == v1 && node_is_bound(t, a) && a->ino > 1);
+	CHECK(bind(t, root, "region", file_spec("doc", v1)) == a);
+	/* The same bytes fetched again (a volatile value): the same node. */
+	CHECK(bind(t, root, "region", file_spec("doc", same)) == a);
+	/* A slow lookup that fetched before the bound value was made gets the
+	 * newer node, never brings the older one back. */
+	CHECK(bind(t, root, "region", file_spec("doc", older)) == a);
+	CHECK_EQ_INT(a->nlookup, 4);
 
-	/* The same bytes fetched again (a volatile value that did not change). */
-	spec.value = same;
-	CHECK(child(t, "region", &spec) == a);
-	CHECK(a->value == v1);
+	/* New bytes: a new node, bound in a's place; a keeps its value. */
+	struct node *b = bind(t, root, "region", file_spec("doc", v2));
+	CHECK(b && b != a && b->value == v2 && b->ino > a->ino);
+	CHECK(node_is_bound(t, b) && !node_is_bound(t, a));
+	CHECK(a->value == v1 && strcmp(a->value->data, "eu-west-1\n") == 0);
+	CHECK(node_find(t, root, "region") == b);
+	node_put(t, b);
 
-	/* New bytes: a new node; the old one keeps its value while held. */
-	spec.value = v2;
-	struct node *b = child(t, "region", &spec);
-	CHECK(b != a && b->value == v2 && b->attached);
-	CHECK(!a->attached && a->value == v1);
-	CHECK(node_find(t, node_root(t), "region") == b);
-	node_forget(t, b, 1);
+	/* a lives while the kernel holds it, and its id is never given again. */
+	uint64_t a_ino = a->ino;
+	struct node *held = node_get(t, a_ino);
+	CHECK(held == a);
+	node_forget(t, a_ino, 4);
+	struct node *still = node_get(t, a_ino); /* the ref from node_get keeps it */
+	CHECK(still == a);
+	node_put(t, still);
+	CHECK_EQ_INT(node_count(t), 3); /* root, a, b */
+	node_put(t, held);
+	CHECK(node_get(t, a_ino) == NULL);
+	CHECK_EQ_INT(node_count(t), 2);
 
-	/* A slow lookup that fetched before the node's value: the node. */
-	spec.value = older;
-	CHECK(child(t, "region", &spec) == b);
-	CHECK(b->value == v2);
+	/* A bound node the kernel forgot stays, for the next lookup. */
+	node_forget(t, b->ino, 1);
+	CHECK_EQ_INT(node_count(t), 2);
+	CHECK(bind(t, root, "region", file_spec("doc", v2)) == b);
 
-	/* The old node goes to the drop hook once the kernel forgets it. */
-	CHECK_EQ_INT(d.count, 0);
-	node_forget(t, a, 3);
-	CHECK_EQ_INT(d.count, 1);
-	CHECK(d.last == a);
-
+	/* Another place (a raw/ twin, a directory) under the name: new node. */
+	struct node *c = bind(t, root, "region", file_spec("other", v2));
+	CHECK(c != b && node_is_bound(t, c));
+	node_forget(t, b->ino, 1);
+	node_forget(t, c->ino, 1);
+	node_table_destroy(t);
+	blob_unref(older);
 	blob_unref(v1);
 	blob_unref(same);
 	blob_unref(v2);
-	blob_unref(older);
-	node_table_destroy(t);
 }
 
-static bool src_is_doc(struct node *n, void *ctx)
-{
-	(void)ctx;
-	return n->src && strcmp(n->src, "doc") == 0;
-}
-
-static void note(struct node *n, void *ctx)
-{
-	struct dropped *seen = ctx;
-
-	seen->count++;
-	seen->last = n;
-}
-
-static void test_clear_and_generation(void)
+static void test_stale_values_unbind(void)
 {
 	struct node_table *t = node_table_create();
-	struct blob *old = value("old\n"), *fresh = value("fresh\n");
-	struct node_spec spec = file_spec("doc", old);
-	struct node_spec other = file_spec("other", old);
-	struct dropped seen = {0}, dropped = {0};
-	struct node *n = NULL;
+	struct cache *cache = cache_create();
+	struct node *root = node_root(t);
+	struct blob *doc = cached(cache, "doc#field:region", "eu-west-1\n");
+	struct blob *raw = cached(cache, "doc", "{...}");
+	struct blob *other = cached(cache, "ami", "ami-1\n");
+	struct heard heard = {0};
 
-	node_table_set_drop(t, drop, &dropped);
+	struct node *region = bind(t, root, "region", file_spec("doc", doc));
+	struct node *twin = bind(t, root, "document", file_spec("doc", raw));
+	struct node *ami = bind(t, root, "ami_id", file_spec("ami", other));
+	/* The kernel forgot the twin: unbinding it tells nobody. */
+	node_forget(t, twin->ino, 1);
 
-	struct node *known = child(t, "region", &spec);
-	struct node *unknown = child(t, "account_id", &spec);
-	struct node *elsewhere = child(t, "ami_id", &other);
-	node_forget(t, unknown, 1); /* the kernel forgot it; still attached */
+	cache_clear(cache, "doc");
+	node_unbind_stale(t, hear, &heard);
+	CHECK_EQ_INT(heard.count, 1);
+	CHECK(strcmp(heard.names[0], "region") == 0);
+	CHECK(!node_is_bound(t, region) && node_is_bound(t, ami));
+	CHECK(node_find(t, root, "document") == NULL);
+	CHECK_EQ_INT(node_count(t), 3); /* root, region (held by the kernel), ami */
 
-	/* A lookup reads the generation, then fetches (the old value)... */
-	unsigned long generation = node_generation(t);
-	/* ...while an rm clears the cache and supersedes what showed it. */
-	node_supersede_matching(t, src_is_doc, NULL, note, &seen);
-	CHECK_EQ_INT(seen.count, 1); /* only the node the kernel knows */
-	CHECK(seen.last == known);
-	CHECK(!known->attached && node_is_superseded(t, known));
-	CHECK(elsewhere->attached && !node_is_superseded(t, elsewhere));
-	CHECK(node_find(t, node_root(t), "account_id") == NULL);
+	/* A lookup that fetched the old value across the clear answers with
+	 * an unbound node: the next lookup asks again. */
+	struct node *late = bind(t, root, "region", file_spec("doc", doc));
+	CHECK(late != region && !node_is_bound(t, late));
+	CHECK(node_find(t, root, "region") == NULL);
+	struct blob *fresh = cached(cache, "doc#field:region", "eu-west-2\n");
+	struct node *now = bind(t, root, "region", file_spec("doc", fresh));
+	CHECK(node_is_bound(t, now) && now->value == fresh);
 
-	/* The lookup must fetch again rather than bind its old value. */
-	CHECK_EQ_INT(node_child(t, node_root(t), "region", &spec, generation, false, &n),
-		     -EAGAIN);
-	CHECK(n == NULL);
-	spec.value = fresh;
-	n = child(t, "region", &spec);
-	CHECK(n && n != known && n->value == fresh && !node_is_superseded(t, n));
-
-	/* Out of attempts, a lookup answers with what it has, on a node the
-	 * name does not keep (and that fs.c tells the kernel not to keep). */
-	struct node *once = NULL;
-	spec.value = old;
-	CHECK_EQ_INT(
-	    node_child(t, node_root(t), "region", &spec, generation, true, &once), 0);
-	CHECK(once && once != n && once->value == old);
-	CHECK(!once->attached && once->transient && !node_is_superseded(t, once));
-	CHECK(node_find(t, node_root(t), "region") == n);
-	node_forget(t, n, 1);
-	int dropped_before = dropped.count;
-	node_forget(t, once, 1);
-	CHECK_EQ_INT(dropped.count, dropped_before + 1);
-	spec.value = fresh;
-
-	/* A lookup that bound its old value before the clear was over: the
-	 * supersede that ends the clear unbinds it. */
-	seen.count = 0;
-	generation = node_generation(t);
-	spec.value = old;
-	struct node *early = NULL;
-	CHECK_EQ_INT(
-	    node_child(t, node_root(t), "account_id", &spec, generation, false, &early),
-	    0);
-	CHECK(early && early->value == old && early->attached);
-	node_supersede_matching(t, src_is_doc, NULL, note, &seen);
-	CHECK(!early->attached && node_is_superseded(t, early));
-	CHECK(node_is_superseded(t, n)); /* region shows the same document */
-	CHECK_EQ_INT(seen.count, 2);
-	spec.value = fresh;
-	n = child(t, "region", &spec);
-
-	/* SIGHUP: everything below the root, a new generation. */
-	generation = node_generation(t);
-	seen.count = 0;
-	node_detach_all(t, note, &seen);
-	CHECK(node_generation(t) != generation);
-	CHECK(node_is_superseded(t, n) && node_is_superseded(t, elsewhere));
-	CHECK_EQ_INT(seen.count, 2); /* region (new) and ami_id */
-	CHECK_EQ_INT(node_child(t, node_root(t), "region", &spec, generation, false, &n),
-		     -EAGAIN);
-
-	blob_unref(old);
+	node_forget(t, late->ino, 1);
+	node_forget(t, region->ino, 1);
+	CHECK_EQ_INT(node_count(t), 3); /* root, ami, now */
+	node_table_destroy(t);
+	cache_destroy(cache);
+	blob_unref(doc);
+	blob_unref(raw);
+	blob_unref(other);
 	blob_unref(fresh);
-	node_table_destroy(t);
 }
 
-static void test_known_names(void)
+static void test_subtrees(void)
 {
 	struct node_table *t = node_table_create();
-	struct blob *v = value("stop\n");
-	struct node_spec spec = file_spec("meta-data/instance-action", v);
+	struct node *root = node_root(t);
+	struct blob *v = value("vpc-1\n");
+	struct heard heard = {0};
 
-	CHECK(!node_known(t, node_root(t), "instance_action"));
-	struct node *n = child(t, "instance_action", &spec);
-	CHECK(node_known(t, node_root(t), "instance_action"));
-	/* The kernel dropped the name after a failed lookup; a file open on
-	 * the inode keeps its lookup reference. */
-	node_name_dropped(t, node_root(t), "instance_action");
-	CHECK(!node_known(t, node_root(t), "instance_action"));
-	/* A lookup answers with the node again: the kernel has the name. */
-	CHECK(child(t, "instance_action", &spec) == n);
-	CHECK(node_known(t, node_root(t), "instance_action"));
-	node_forget(t, n, 2);
-	CHECK(!node_known(t, node_root(t), "instance_action"));
+	struct node *net = bind(t, root, "network", dir_spec("n/"));
+	struct node *mac = bind(t, net, "mac", dir_spec("n/m/"));
+	struct node *vpc = bind(t, mac, "vpc_id", file_spec("n/m/vpc", v));
+	CHECK(node_find(t, mac, "vpc_id") == vpc);
+	node_put(t, vpc);
 
-	blob_unref(v);
+	/* rmdir network: the subtree is unbound; `each` hears of what the
+	 * kernel holds. */
+	node_unbind(t, net, hear, &heard);
+	CHECK_EQ_INT(heard.count, 3);
+	CHECK(!node_is_bound(t, net) && !node_is_bound(t, mac) && !node_is_bound(t, vpc));
+	CHECK(node_find(t, root, "network") == NULL && node_find(t, mac, "vpc_id") == NULL);
+
+	/* A cwd inside the removed directory still looks names up: it gets
+	 * unbound nodes (never found again). */
+	struct node *again = bind(t, mac, "vpc_id", file_spec("n/m/vpc", v));
+	CHECK(again != vpc && !node_is_bound(t, again));
+
+	/* Forgotten children first, then their parents: everything goes. */
+	node_forget(t, again->ino, 1);
+	node_forget(t, vpc->ino, 1);
+	node_forget(t, mac->ino, 1);
+	CHECK_EQ_INT(node_count(t), 2); /* root, net */
+	node_forget(t, net->ino, 1);
+	CHECK_EQ_INT(node_count(t), 1);
+
+	/* SIGHUP unbinds everything below the root. */
+	net = bind(t, root, "network", dir_spec("n/"));
+	heard.count = 0;
+	node_unbind_all(t, hear, &heard);
+	CHECK_EQ_INT(heard.count, 1);
+	CHECK(!node_is_bound(t, net));
+	CHECK(node_is_bound(t, root));
+	node_forget(t, net->ino, 1);
+	CHECK_EQ_INT(node_count(t), 1);
 	node_table_destroy(t);
+	blob_unref(v);
 }
 
-static void test_directories_and_detach(void)
+/* Many names in many directories: the indexes grow and stay right. */
+static void test_many(void)
 {
-	struct dropped d = {0};
+	enum { DIRS = 40, FILES = 50 };
 	struct node_table *t = node_table_create();
-	const struct tree_row *tags = tree_child(tree_root(), "tags");
-	struct node_spec dir = {
-	    .row = tags, .src = "meta-data/tags/instance/", .is_dir = true};
-	struct node_spec tag = {.row = tree_child(tags, "*"),
-				.src = "meta-data/tags/instance/Name"};
-	struct blob *v = value("web-7\n");
-	struct dropped told = {0};
-	struct node *d1 = child(t, "tags", &dir), *f = NULL;
+	struct node *root = node_root(t);
+	struct blob *v = value("x");
+	struct node *dirs[DIRS];
+	uint64_t files[DIRS][FILES];
+	char name[32];
 
-	node_table_set_drop(t, drop, &d);
-	tag.value = v;
-	CHECK_EQ_INT(node_child(t, d1, "Name", &tag, node_generation(t), false, &f), 0);
-	CHECK(f && f->parent == d1 && f->attached);
-
-	/* rm -r tags: the directory and what is below it are unbound. */
-	node_detach(t, d1, note, &told);
-	CHECK_EQ_INT(told.count, 1);
-	CHECK(told.last == f);
-	CHECK(!d1->attached && !f->attached && !node_is_superseded(t, f));
-	/* A lookup below the removed directory still answers, unattached. */
-	struct node *g = NULL;
-	CHECK_EQ_INT(node_child(t, d1, "Name", &tag, node_generation(t), false, &g), 0);
-	CHECK(g && g != f && !g->attached);
-	node_forget(t, g, 1);
-	node_forget(t, f, 1);
-	CHECK_EQ_INT(d.count, 2);
-	node_forget(t, d1, 1); /* its last child is gone too */
-	CHECK_EQ_INT(d.count, 3);
-
-	blob_unref(v);
+	for (int d = 0; d < DIRS; d++) {
+		snprintf(name, sizeof(name), "d%d", d);
+		dirs[d] = bind(t, root, name, dir_spec(name));
+		for (int f = 0; f < FILES; f++) {
+			snprintf(name, sizeof(name), "f%d", f);
+			files[d][f] = bind(t, dirs[d], name, file_spec(name, v))->ino;
+		}
+	}
+	CHECK_EQ_INT(node_count(t), 1 + DIRS + DIRS * FILES);
+	for (int d = 0; d < DIRS; d++) {
+		snprintf(name, sizeof(name), "f%d", d % FILES);
+		struct node *n = node_find(t, dirs[d], name);
+		CHECK(n && n->parent == dirs[d] && strcmp(n->name, name) == 0);
+		if (n) {
+			struct node *by_ino = node_get(t, n->ino);
+			CHECK(by_ino == n);
+			node_put(t, by_ino);
+			node_put(t, n);
+		}
+	}
+	node_unbind_all(t, NULL, NULL);
+	CHECK_EQ_INT(node_count(t), 1 + DIRS + DIRS * FILES); /* all held by the kernel */
+	/* The kernel's forgets, directories before their files: a directory
+	 * lives while a child does. */
+	for (int d = 0; d < DIRS; d++)
+		node_forget(t, dirs[d]->ino, 1);
+	CHECK_EQ_INT(node_count(t), 1 + DIRS + DIRS * FILES);
+	for (int d = 0; d < DIRS; d++)
+		for (int f = 0; f < FILES; f++)
+			node_forget(t, files[d][f], 1);
+	CHECK_EQ_INT(node_count(t), 1);
 	node_table_destroy(t);
+	blob_unref(v);
 }
 
 int main(void)
 {
-	CHECK_EQ_INT(tree_init(), 0);
+	if (tree_init() != 0)
+		return 1;
 	test_one_node_per_value();
-	test_clear_and_generation();
-	test_known_names();
-	test_directories_and_detach();
+	test_stale_values_unbind();
+	test_subtrees();
+	test_many();
 	return check_done("test_node");
 }

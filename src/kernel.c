@@ -1,0 +1,411 @@
+/*
+ * kernel: how imdsfs keeps the kernel's caches of the tree true, and the
+ * kernel behaviour that rests on.
+ *
+ * The effect, as a user sees it:
+ *
+ *     $ cat /run/ec2/region; cat /run/ec2/raw/dynamic/instance-identity/document
+ *     eu-west-1
+ *     { ... "region" : "eu-west-1" ... }
+ *     # IMDS moves the instance's document on; then:
+ *     $ rm /run/ec2/region && cat /run/ec2/account_id /run/ec2/region
+ *     # both read the new document: rm cleared the document, and the
+ *     # kernel was told that every name showing it (account_id, region,
+ *     # instance_identity_document, its raw/ twin) leads to a new inode.
+ *     # Without the telling, account_id would show its old inode, from
+ *     # the kernel's dentry cache, for a day (its entry timeout).
+ *
+ * THE KERNEL CONTRACT. Each behaviour we rely on, the kernel code that
+ * does it, the versions it holds in, and the test that pins it (tests/
+ * integration/test_kernel_contract.py runs a probe file system, tests/
+ * kernel/probe.c, that does nothing but show the behaviour; the imdsfs
+ * tests named show that we use it right).
+ *
+ * K1. An inode's attributes and pages are the kernel's to keep. With
+ *     FUSE_CAP_NO_OPEN_SUPPORT (Linux >= 6.2 sets it when asked; the first
+ *     OPEN's ENOSYS turns opens off for the connection) and long attribute
+ *     and entry timeouts, a warm open/fstat/read/close sends no request.
+ *     fs/fuse/file.c fuse_open_common (fc->no_open), fs/fuse/dir.c
+ *     fuse_update_get_attr. Pinned: test_no_request_for_warm_open,
+ *     test_warm_reads_never_reach_the_daemon.
+ *
+ * K2. GETATTR without a file handle is all fstat(2) sends, and it is also
+ *     what a path walk's permission check sends (default_permissions): the
+ *     two cannot be told apart. So GETATTR always answers the inode's own,
+ *     fixed attributes: an open file's fstat must work whatever its name
+ *     shows now. (This is why a stale name cannot be refused with ESTALE at
+ *     GETATTR, which an earlier design did.) fs/fuse/dir.c fuse_getattr,
+ *     fuse_perm_getattr -> fuse_do_getattr(inode, ..., NULL). All versions.
+ *     Pinned: test_fstat_and_path_getattr_look_alike, and
+ *     test_open_file_survives_* in test_open_files.py.
+ *
+ * K3. A dentry whose entry timeout is 0 is kept after its last use on a
+ *     /dev/fuse mount (fc->delete_stale is a virtiofs option), so the next
+ *     walk revalidates it with a LOOKUP; when that LOOKUP fails or names
+ *     another node, the kernel drops the dentry and at once sends a fresh
+ *     LOOKUP from the same task (fs/fuse/dir.c fuse_dentry_revalidate ->
+ *     fs/namei.c lookup_fast returns 0 -> d_invalidate, lookup_slow). A
+ *     volatile name would so cost two fetches whenever its value changed or
+ *     failed. We drop such a name from the notifier thread right after a
+ *     lookup answered it (kernel_drop_name_later), so that the next walk
+ *     sends one fresh LOOKUP. All versions. Pinned:
+ *     test_expired_dentry_revalidates_twice, test_dropped_dentry_looks_up_once;
+ *     test_volatile_failure_costs_one_round_of_retries.
+ *
+ * K4. notify_inval_entry(parent, name) (d_invalidate) takes the parent
+ *     directory's inode lock (fs/fuse/dir.c fuse_reverse_inval_entry:
+ *     inode_lock_nested(parent)). An UNLINK or RMDIR request holds that lock
+ *     (and the child's) in its caller while we answer it, and a fresh
+ *     LOOKUP holds it shared. So a notice for a name in the directory of
+ *     the request being answered, sent before the reply, deadlocks; and
+ *     waiting inside a request for a notice about another directory can
+ *     deadlock too (two rm's, or an rm and a rename, each holding the
+ *     directory the other's notice needs). Notices are therefore only sent
+ *     from the notifier thread, which holds nothing and which no request
+ *     waits for. FUSE_EXPIRE_ONLY (6.2+) takes the same lock. All versions.
+ *     Pinned: test_inval_entry_waits_for_the_directory_lock.
+ *
+ * K5. FUSE_NOTIFY_INC_EPOCH (Linux >= 6.16, protocol 7.44) takes no lock: it
+ *     increments the connection's epoch, and every dentry made before is
+ *     invalid at its next use (fs/fuse/dev.c fuse_notify_inc_epoch;
+ *     fs/fuse/dir.c fuse_dentry_revalidate compares entry->d_time with
+ *     fc->epoch). A lookup reads the epoch *before* it asks us
+ *     (fuse_lookup), so a dentry made from an answer that raced the
+ *     increment is stale at birth. libfuse 3.14 has no call for it; we write
+ *     the 16-byte notification to the session fd ourselves. An older kernel
+ *     answers the write with EINVAL (fs/fuse/dev.c fuse_notify: unknown
+ *     code), which is how kernel_start() finds out. With it, rm and SIGHUP
+ *     invalidate synchronously, before replying: after rm returns, a new
+ *     open of any name shows the new value. Without it (5.10 to 6.15),
+ *     names in other directories are told within the notifier's next
+ *     round, and names in the removed file's own directory once the rm's
+ *     caller lets go of the directory lock, i.e. just after rm returns: see
+ *     the man page's CAVEATS for the window we measured. Pinned:
+ *     test_inc_epoch_takes_no_lock, test_inc_epoch_invalidates_every_name;
+ *     test_rm_shows_twins_new_value_at_once.
+ *
+ * K6. A successful RMDIR marks the directory's inode dead in the VFS
+ *     (fs/namei.c vfs_rmdir: S_DEAD; fuse_rmdir clears its nlink): lookups
+ *     in it fail with ENOENT without reaching us, for good, so a process
+ *     whose cwd is that directory sees it empty. Subdirectories are not
+ *     marked: a cwd below keeps working, and we answer it from an unbound
+ *     parent (node.h). notify_delete marks a directory dead the same way;
+ *     notify_inval_entry does not, which is why SIGHUP never uses
+ *     notify_delete. All versions. Pinned: test_rmdir_kills_the_directory,
+ *     test_cwd_below_a_removed_directory_keeps_working.
+ *
+ * K8. A dentry stays in the kernel's cache until it is invalidated, or
+ *     the memory shrinker takes it; stale ones included (an epoch only
+ *     marks them, for the next walk to drop). Below a directory that rmdir
+ *     removed, no walk comes again: those names would keep their inodes,
+ *     and so our nodes and their values, for as long as memory allows. So
+ *     the names an operation unbinds are always dropped with
+ *     notify_inval_entry from the notifier thread, epoch or not; the inodes
+ *     then go, and their FORGETs free the nodes. fs/dcache.c dput keeps
+ *     hashed unused dentries on the LRU; fs/fuse/inode.c evicts an inode
+ *     at its last reference. All versions. Pinned:
+ *     test_rm_during_reads_keeps_memory_flat.
+ *
+ * K7. Node ids are never reused (node.h), so whether or not a FORGET can
+ *     reach us while a READ of the same inode is still being answered, a
+ *     request or a notice for a forgotten node finds nothing rather than
+ *     another node, and a node is freed only when the kernel has forgotten
+ *     it and no request holds it (node_get/node_put). Pinned:
+ *     test_forget_and_read_order.
+ *
+ * What we left out, and why:
+ * - ESTALE from GETATTR for a superseded inode (the earlier design): it
+ *   broke fstat, mmap and tail -f on open files (K2).
+ * - notify_delete for every name below a cleared directory: it made
+ *   directories dead (K6), so a cwd inside saw nothing, ever.
+ * - Waiting in rm until notices were sent: it can deadlock (K4); a bounded
+ *   wait turns that into a timer that correctness depends on.
+ * - A failure kept for the kernel's retry of a failed revalidation (K3):
+ *   nothing tells a retry from a new open of the same name by the same
+ *   thread, so a kept failure can be served to a later read. Dropping
+ *   volatile names after each answer removes the retry instead.
+ */
+#include "kernel.h"
+#include "log.h"
+
+#include <fuse_lowlevel.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* FUSE_NOTIFY_INC_EPOCH of <linux/fuse.h> 7.44, and the header every
+ * notification starts with (struct fuse_out_header, unique 0): libfuse
+ * 3.14 has no call for it. */
+#define NOTIFY_INC_EPOCH 8
+
+struct notify_header {
+	uint32_t len;
+	int32_t code;
+	uint64_t unique;
+};
+
+#define WAKE_NOTICES 'n'
+#define WAKE_RELOAD  'h'
+#define WAKE_QUIT    'q'
+
+struct kernel_notice {
+	struct kernel_notice *next;
+	uint64_t parent;
+	char name[]; /* NUL-terminated */
+};
+
+struct kernel {
+	struct fuse_session *session;
+	bool has_epoch;
+	int wake[2]; /* to the notifier thread: WAKE_* bytes */
+	pthread_t notifier;
+	bool running;
+	void (*reload)(void *ctx);
+	void *reload_ctx;
+
+	pthread_mutex_t lock; /* protects the queue */
+	struct kernel_notice *queue;
+	struct kernel_notice **queue_tail;
+};
+
+static void wake(int fd, char what)
+{
+	ssize_t ignored = write(fd, &what, 1);
+	(void)ignored;
+}
+
+int kernel_create(struct kernel **out)
+{
+	struct kernel *k = calloc(1, sizeof(*k));
+
+	*out = NULL;
+	if (!k)
+		return -ENOMEM;
+	if (pipe2(k->wake, O_CLOEXEC | O_NONBLOCK) < 0) {
+		int err = -errno;
+		free(k);
+		return err;
+	}
+	pthread_mutex_init(&k->lock, NULL);
+	k->queue_tail = &k->queue;
+	*out = k;
+	return 0;
+}
+
+static void free_notices(struct kernel_notice *n)
+{
+	while (n) {
+		struct kernel_notice *next = n->next;
+		free(n);
+		n = next;
+	}
+}
+
+void kernel_destroy(struct kernel *k)
+{
+	if (!k)
+		return;
+	kernel_stop(k);
+	free_notices(k->queue);
+	pthread_mutex_destroy(&k->lock);
+	close(k->wake[0]);
+	close(k->wake[1]);
+	free(k);
+}
+
+bool kernel_has_epoch(const struct kernel *k)
+{
+	return k->has_epoch;
+}
+
+static struct kernel_notice *new_notice(uint64_t parent, const char *name)
+{
+	size_t len = strlen(name);
+	struct kernel_notice *n = malloc(sizeof(*n) + len + 1);
+
+	if (!n)
+		return NULL;
+	n->next = NULL;
+	n->parent = parent;
+	memcpy(n->name, name, len + 1);
+	return n;
+}
+
+void kernel_note_unbound(const struct node *node, void *ctx)
+{
+	struct kernel_batch *batch = ctx;
+	struct kernel_notice *n = new_notice(node->parent->ino, node->name);
+
+	if (!n) {
+		batch->incomplete = true;
+		return;
+	}
+	n->next = batch->first;
+	batch->first = n;
+}
+
+/* K5: make every dentry the kernel holds stale. 0, or -errno of the write
+ * (-EINVAL: the kernel has no epoch). */
+static int bump_epoch(struct kernel *k)
+{
+	struct notify_header h = {
+		.len = sizeof(h),
+		.code = NOTIFY_INC_EPOCH,
+		.unique = 0,
+	};
+	ssize_t n = write(fuse_session_fd(k->session), &h, sizeof(h));
+
+	if (n == (ssize_t)sizeof(h))
+		return 0;
+	return n < 0 ? -errno : -EIO;
+}
+
+/* Queue notices for the notifier thread, each name once. */
+static void enqueue(struct kernel *k, struct kernel_notice *list)
+{
+	pthread_mutex_lock(&k->lock);
+	while (list) {
+		struct kernel_notice *n = list, *q;
+		list = n->next;
+		n->next = NULL;
+		for (q = k->queue; q; q = q->next)
+			if (q->parent == n->parent && strcmp(q->name, n->name) == 0)
+				break;
+		if (q) {
+			free(n);
+			continue;
+		}
+		*k->queue_tail = n;
+		k->queue_tail = &n->next;
+	}
+	pthread_mutex_unlock(&k->lock);
+	wake(k->wake[1], WAKE_NOTICES);
+}
+
+void kernel_names_changed(struct kernel *k, struct kernel_batch *batch)
+{
+	int err = 0;
+
+	if (!k->session) {
+		free_notices(batch->first); /* not mounted (unit tests) */
+		batch->first = NULL;
+		return;
+	}
+	if (k->has_epoch && (err = bump_epoch(k)) != 0)
+		log_warning("the kernel refused an epoch notice (%s); names change one by one",
+			    strerror(-err));
+	if (batch->incomplete && (!k->has_epoch || err))
+		log_warning("out of memory: some names may show their old values until their "
+			    "entry times out");
+	/* With the epoch too: a name no walk reaches again (below a removed
+	 * directory) would otherwise keep its inode, and we its value (K8). */
+	enqueue(k, batch->first);
+	batch->first = NULL;
+	batch->incomplete = false;
+}
+
+void kernel_drop_name_later(struct kernel *k, uint64_t parent, const char *name)
+{
+	struct kernel_notice *n = new_notice(parent, name);
+
+	if (n)
+		enqueue(k, n);
+}
+
+/* Send what is queued (K4: from this thread only). */
+static void send_notices(struct kernel *k)
+{
+	struct kernel_notice *list;
+
+	pthread_mutex_lock(&k->lock);
+	list = k->queue;
+	k->queue = NULL;
+	k->queue_tail = &k->queue;
+	pthread_mutex_unlock(&k->lock);
+
+	for (struct kernel_notice *n = list; n; n = n->next) {
+		int err = fuse_lowlevel_notify_inval_entry(k->session, n->parent, n->name,
+							   strlen(n->name));
+		/* -ENOENT: the kernel holds no such name (any more). */
+		if (err && err != -ENOENT)
+			log_debug("dropping the kernel's name %s: %s", n->name, strerror(-err));
+	}
+	free_notices(list);
+}
+
+static void *notifier(void *arg)
+{
+	struct kernel *k = arg;
+	struct pollfd p = {.fd = k->wake[0], .events = POLLIN};
+
+	for (;;) {
+		char what[64];
+		ssize_t n;
+
+		if (poll(&p, 1, -1) < 0 && errno != EINTR)
+			break;
+		bool reloaded = false;
+
+		n = read(k->wake[0], what, sizeof(what));
+		for (ssize_t i = 0; i < n; i++) {
+			if (what[i] == WAKE_QUIT)
+				return NULL;
+			if (what[i] == WAKE_RELOAD && k->reload) {
+				k->reload(k->reload_ctx);
+				reloaded = true;
+			}
+		}
+		send_notices(k);
+		if (reloaded)
+			log_info("SIGHUP: done; the kernel was told");
+	}
+	return NULL;
+}
+
+int kernel_start(struct kernel *k, struct fuse_session *se, void (*reload)(void *ctx),
+		 void *reload_ctx)
+{
+	int err;
+
+	k->session = se;
+	k->reload = reload;
+	k->reload_ctx = reload_ctx;
+	/* Nothing is cached yet, so a first increment changes nothing. */
+	err = bump_epoch(k);
+	k->has_epoch = err == 0;
+	if (k->has_epoch)
+		log_info("kernel: names are invalidated by epoch (FUSE_NOTIFY_INC_EPOCH)");
+	else
+		log_info("kernel: no FUSE_NOTIFY_INC_EPOCH (%s; Linux < 6.16): names are "
+			 "invalidated one by one, just after rm returns",
+			 strerror(-err));
+	err = pthread_create(&k->notifier, NULL, notifier, k);
+	if (err)
+		return -err;
+	k->running = true;
+	return 0;
+}
+
+void kernel_stop(struct kernel *k)
+{
+	if (!k->running)
+		return;
+	wake(k->wake[1], WAKE_QUIT);
+	pthread_join(k->notifier, NULL);
+	k->running = false;
+}
+
+void kernel_request_reload(int reload_fd)
+{
+	wake(reload_fd, WAKE_RELOAD);
+}
+
+int kernel_reload_fd(const struct kernel *k)
+{
+	return k->wake[1];
+}

@@ -1,0 +1,72 @@
+/*
+ * kernel: keeping the kernel's caches of the tree true.
+ *
+ * The kernel keeps names (dentries), attributes and pages of this file
+ * system for as long as we let it, and serves warm reads without asking
+ * us. Values never change under an inode (node.h), so pages and attributes
+ * never go stale; what goes stale is a *name*: after rm, SIGHUP or a
+ * volatile lookup, a name must lead to another inode. This module tells the
+ * kernel so, in the ways that cannot deadlock with a request in flight, and
+ * says in kernel.c which kernel behaviour each way rests on.
+ */
+#ifndef IMDSFS_KERNEL_H
+#define IMDSFS_KERNEL_H
+
+#include "node.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+
+struct fuse_session;
+struct kernel;
+struct kernel_notice;
+
+/* The names whose nodes an operation unbound, gathered under the node
+ * table's lock by kernel_note_unbound(). */
+struct kernel_batch {
+	struct kernel_notice *first;
+	bool incomplete; /* a notice could not be allocated */
+};
+
+/* Returns 0 or -errno. Sends nothing until kernel_start(). */
+int kernel_create(struct kernel **out);
+void kernel_destroy(struct kernel *k);
+
+/*
+ * Start telling the kernel (from FUSE's init, once the session answers):
+ * finds out whether the kernel takes FUSE_NOTIFY_INC_EPOCH, and starts the
+ * notifier thread, which sends the notices that take directory locks and
+ * runs `reload` (SIGHUP) when asked. Returns 0 or -errno.
+ */
+int kernel_start(struct kernel *k, struct fuse_session *se, void (*reload)(void *ctx),
+		 void *reload_ctx);
+/* Stop the notifier thread (idempotent): before unmounting. */
+void kernel_stop(struct kernel *k);
+
+/* Whether names are invalidated by epoch (Linux >= 6.16). */
+bool kernel_has_epoch(const struct kernel *k);
+
+/* A node_unbound_fn: add `node`'s name to the kernel_batch `batch`. */
+void kernel_note_unbound(const struct node *node, void *batch);
+
+/*
+ * Tell the kernel that the names in `batch` (just unbound, see node.h) no
+ * longer lead to the inodes it may hold. With the epoch, every name the
+ * kernel holds is made stale at once, before this returns. Either way the
+ * names in `batch` are queued for the notifier thread, which drops them
+ * (they take the parent directory's lock, which the caller's request may
+ * hold: see kernel.c). Never blocks. Empties the batch.
+ */
+void kernel_names_changed(struct kernel *k, struct kernel_batch *batch);
+
+/* Drop the kernel's name `name` in directory `parent` soon, from the
+ * notifier thread: a volatile name, right after a lookup answered it, so
+ * that the next path walk asks afresh rather than revalidating it. */
+void kernel_drop_name_later(struct kernel *k, uint64_t parent, const char *name);
+
+/* Ask the notifier thread to run the reload callback (SIGHUP). Only writes
+ * one byte to a pipe: safe in a signal handler; pass kernel_reload_fd(). */
+void kernel_request_reload(int reload_fd);
+int kernel_reload_fd(const struct kernel *k);
+
+#endif
