@@ -775,3 +775,383 @@ def test_no_open_cached_file_costs_no_request(probe):
     got = [e["line"] for e in pr.requests(m)]
     measured("no-open: requests of 100 cached open+read+close", len(got))
     assert got == [], "a cached file used to open, read and close with no request: %s" % got
+
+
+def test_removed_directory_with_a_cwd_inside(probe):
+    """What a successful RMDIR (of a non-empty directory: the daemon said
+    yes), notify_delete and notify_inval_entry leave to processes whose
+    cwd is inside the directory, or inside a subdirectory of it.
+
+    Kernel: fs/namei.c vfs_rmdir: after the filesystem's rmdir, the
+    directory's dentry is pruned (shrink_dcache_parent drops its unused
+    children), its inode gets S_DEAD, and d_delete unhashes it;
+    lookup_slow / lookup_open refuse a lookup in an IS_DEADDIR inode with
+    ENOENT without asking the filesystem; fs/readdir.c iterate_dir reads
+    nothing from a dead directory. fs/fuse/dir.c fuse_reverse_inval_entry
+    with a child nodeid (notify_delete) does the same to a directory
+    dentry: shrink_dcache_parent, ENOTEMPTY if a child dentry is still in
+    use, else S_DEAD, dont_mount, d_delete; without one (inval_entry) it
+    only d_invalidate()s. A dead inode is still the inode of its nodeid:
+    fs/fuse/inode.c fuse_iget finds it while anything holds it, so a
+    LOOKUP answering the same nodeid brings the dead directory back.
+
+    Measured on 6.18 (directory d with files and a subdirectory s; one
+    process with its cwd in d, one in d/s): RMDIR answered 0 -> FORGET of
+    the unused children; in d: stat("a") -> ENOENT, no request; listdir(".")
+    -> [] (OPENDIR and GETATTR reach the daemon, READDIR does not);
+    getcwd -> ENOENT; stat("s") -> still the cached s; in d/s: LOOKUP
+    reaches the daemon and works, listdir works, getcwd works. A new
+    LOOKUP of d answering the old nodeid gives the dead inode back: empty,
+    every name ENOENT. notify_delete of a directory with a cwd inside ->
+    0 and the same dead directory; with a subdirectory in use -> ENOTEMPTY.
+    notify_inval_entry -> lookups from the cwd still reach the daemon and
+    work, listdir works, getcwd fails with ENOENT until a walk from the
+    root finds the directory again. Versions: the same in 5.10 through
+    mainline as far as read (vfs_rmdir's S_DEAD, fuse_reverse_inval_entry's
+    ENOTEMPTY/S_DEAD); verified on 6.18.
+    """
+    pr = probe()
+    tree(pr)
+    pr.ok("dir d/s")
+    pr.ok("file d/s/f f-text")
+    in_d, in_s = Shell(pr, pr.p("d")), Shell(pr, pr.p("d", "s"))
+    assert in_d("stat a")["ok"] and in_s("stat f")["ok"]
+    m = pr.mark()
+    os.rmdir(pr.p("d"))
+    measured("rmdir answered 0: requests", [e["op"] for e in pr.requests(m)])
+
+    def check(sh, line, expect, requests, what):
+        m = pr.mark()
+        got = sh(line)
+        ops = [e["op"] for e in pr.requests(m)]
+        measured("%s: %s" % (what, line), {"result": got, "requests": ops})
+        assert got == expect and requests(ops), "%s, %r used to give %s (requests %s); now %s, %s" % (
+            what, line, expect, "as pinned", got, ops)
+
+    dead = "rmdir'd directory, cwd inside"
+    check(in_d, "stat a", {"errno": errno.ENOENT}, lambda ops: ops == [], dead)
+    check(in_d, "listdir", {"ok": []}, lambda ops: "READDIR" not in ops and "OPENDIR" in ops, dead)
+    check(in_d, "getcwd", {"errno": errno.ENOENT}, lambda ops: ops == [], dead)
+    check(in_d, "stat s", {"ok": pr.ino("d/s")}, lambda ops: ops == [], dead)
+    below = "rmdir'd directory, cwd in its subdirectory"
+    check(in_s, "stat f", {"ok": pr.ino("d/s/f")}, lambda ops: ops == ["LOOKUP"], below)
+    check(in_s, "listdir", {"ok": ["f"]}, lambda ops: "READDIR" in ops, below)
+    check(in_s, "getcwd", {"ok": pr.p("d", "s")}, lambda ops: True, below)
+    # the same nodeid looked up again is the dead inode
+    assert os.stat(pr.p("d")).st_ino == pr.ino("d")
+    assert os.listdir(pr.p("d")) == [] and not os.path.exists(pr.p("d", "b")), \
+        "a LOOKUP answering a removed directory's nodeid used to give back its dead inode"
+
+    for name in "efg":
+        pr.ok("dir " + name)
+        pr.ok("file %s/a %s-a" % (name, name))
+    pr.ok("dir g/s")
+    in_e, in_f, in_gs = Shell(pr, pr.p("e")), Shell(pr, pr.p("f")), Shell(pr, pr.p("g", "s"))
+    for sh in (in_e, in_f):
+        assert sh("stat a")["ok"]
+    r = pr.job("notify delete 1 %d e" % pr.ino("e"))
+    assert r["rc"] == 0, "notify_delete of a directory with a cwd inside used to succeed: %s" % r
+    r = pr.job("notify delete 1 %d g" % pr.ino("g"))
+    measured("notify_delete of a directory whose subdirectory is a cwd: rc", r["rc"])
+    assert r["rc"] == -errno.ENOTEMPTY, \
+        "notify_delete of a directory with a busy subdirectory used to fail with ENOTEMPTY"
+    assert pr.job("notify inval_entry 1 f")["rc"] == 0
+    deleted = "notify_delete'd directory, cwd inside"
+    check(in_e, "stat a", {"errno": errno.ENOENT}, lambda ops: ops == [], deleted)
+    check(in_e, "listdir", {"ok": []}, lambda ops: "READDIR" not in ops, deleted)
+    inval = "notify_inval_entry'd directory, cwd inside"
+    check(in_f, "stat a", {"ok": pr.ino("f/a")}, lambda ops: True, inval)
+    check(in_f, "listdir", {"ok": ["a"]}, lambda ops: "READDIR" in ops, inval)
+    check(in_f, "getcwd", {"errno": errno.ENOENT}, lambda ops: ops == [], inval)
+    os.stat(pr.p("f"))
+    check(in_f, "getcwd", {"ok": pr.p("f")}, lambda ops: True, inval + ", after a walk to it")
+    check(in_gs, "getcwd", {"ok": pr.p("g", "s")}, lambda ops: True, "cwd below a busy notify_delete")
+
+
+READERS = {
+    # a buffered read of a small file: readahead, a background READ
+    "buffered read(2)": "import os, sys\nos.read(os.open(sys.argv[1], os.O_RDONLY), 4096)",
+    # O_DIRECT: the reader's own request, waited for in the kernel
+    "O_DIRECT read(2)": "import mmap, os, sys\nfd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECT)\n"
+                        "os.readv(fd, [mmap.mmap(-1, 4096)])",
+    # cat of 1 MiB: large readahead windows
+    "cat of 1 MiB": "import os, sys\nos.execvp('cat', ['cat', sys.argv[1]])",
+}
+
+
+def test_forget_never_overtakes_a_read_in_flight(probe):
+    """A FORGET for an inode never reaches the daemon before the reply to a
+    READ of that inode is sent, even when the reader was killed during the
+    READ and the name was unlinked and the caches dropped meanwhile.
+
+    Kernel: fs/fuse/inode.c fuse_evict_inode sends the FORGET (queued by
+    fuse_queue_forget) only after truncate_inode_pages_final(), which
+    waits for every locked page cache folio, and a READ for the page
+    cache (fs/fuse/file.c fuse_readahead / fuse_read_folio) keeps its
+    folios locked until its reply has been copied (fuse_readpages_end).
+    An O_DIRECT READ is the reader's own request: fs/fuse/dev.c
+    request_wait_answer lets a fatal signal end the wait only while the
+    request is still queued (FR_PENDING); once the daemon has read it,
+    the killed task waits, unkillable, for the reply, and holds its file
+    (so the inode) until then.
+
+    Measured on 6.18 (READ held 1000 ms, the reader SIGKILLed during it,
+    then unlink (answered 0) and `echo 2 > /proc/sys/vm/drop_caches`): a
+    buffered reader and cat die at once, the O_DIRECT reader only after
+    the reply; in all three the FORGET of the inode comes after the
+    probe sent the READ reply (by 0.1 to 50 ms). So a daemon may free a
+    node at FORGET: no worker is still answering a READ from it (other
+    than one that already sent the reply). Versions: the folio lock and
+    evict ordering are the same in 5.10 through mainline (read); verified
+    on 6.18.
+    """
+    pr = probe()
+    tree(pr)
+    for i, (kind, code) in enumerate(READERS.items()):
+        name = "r%d" % i
+        size = 1 << 20 if "1 MiB" in kind else 100
+        ino = int(pr.ok("file d/%s z size=%d" % (name, size)))
+        os.stat(pr.p("d", name))
+        pr.ok("delay READ %d ino=%d" % (HELD_MS, ino))
+        m = pr.mark()
+        reader = pr.spawn(code, pr.p("d", name))
+        pr.wait_for(m, "READ", ino=ino)
+        killed = time.monotonic()
+        reader.kill()
+        reader.wait(HELD_MS / 1000 + 5)
+        died_ms = (time.monotonic() - killed) * 1000
+        Background(lambda: os.unlink(pr.p("d", name))).join()
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("2")
+        pr.ok("delay READ 0 ino=%d" % ino)
+        reply = pr.wait_for(m, "reply READ", ino=ino, timeout=5)
+        forget = pr.wait_for(m, "FORGET", ino=ino, timeout=5)
+        early = [e for e in pr.since(m, "FORGET") if e["ino"] == ino and e["t"] < reply["t"]]
+        measured("FORGET vs READ, %s: reader died after ms" % kind, round(died_ms))
+        measured("FORGET vs READ, %s: FORGET after reply by ms" % kind,
+                 round((forget["t"] - reply["t"]) / 1000, 2))
+        assert not early and forget["t"] > reply["t"], \
+            "%s: a FORGET of the inode used to come only after the READ reply was sent" % kind
+
+
+# An inotify watcher (ctypes, no package needed) driven through its stdin:
+# "watch PATH LABEL MASK" adds a watch, "drain" prints the events queued so
+# far as one JSON list of [label, flags, name]. Runs in a child so that it
+# can run in another mount namespace too.
+WATCHER = r"""
+import ctypes, json, os, select, struct, sys
+libc = ctypes.CDLL(None, use_errno=True)
+FLAGS = {0x1: "ACCESS", 0x2: "MODIFY", 0x4: "ATTRIB", 0x8: "CLOSE_WRITE", 0x10: "CLOSE_NOWRITE",
+         0x20: "OPEN", 0x40: "MOVED_FROM", 0x80: "MOVED_TO", 0x100: "CREATE", 0x200: "DELETE",
+         0x400: "DELETE_SELF", 0x800: "MOVE_SELF", 0x2000: "UNMOUNT", 0x4000: "Q_OVERFLOW",
+         0x8000: "IGNORED", 0x40000000: "ISDIR"}
+fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+labels = {}
+for line in sys.stdin:
+    words = line.split()
+    if words[0] == "watch":
+        wd = libc.inotify_add_watch(fd, os.fsencode(words[1]), int(words[3], 0))
+        labels[wd] = words[2]
+        print(json.dumps(wd if wd >= 0 else -ctypes.get_errno()), flush=True)
+        continue
+    out = []
+    while select.select([fd], [], [], 0.02)[0]:
+        buf = os.read(fd, 65536)
+        i = 0
+        while i < len(buf):
+            wd, mask, cookie, n = struct.unpack_from("iIII", buf, i)
+            name = buf[i + 16:i + 16 + n].rstrip(b"\0").decode()
+            flags = "|".join(v for k, v in sorted(FLAGS.items()) if mask & k)
+            out.append([labels.get(wd, wd), flags, name])
+            i += 16 + n
+    print(json.dumps(out), flush=True)
+"""
+
+IN_ALL_EVENTS = 0xfff
+# systemd's path unit watch on a directory (src/core/path.c)
+IN_SYSTEMD_PATH = 0x800 | 0x400 | 0x4 | 0x100 | 0x80
+
+
+class Watcher:
+    def __init__(self, pr, prefix=(), root=None):
+        self.root = root or pr.path
+        self.proc = subprocess.Popen([*prefix, sys.executable, "-c", WATCHER], text=True,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        pr.children.append(self.proc)
+
+    def _ask(self, line):
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+        ready, _, _ = select.select([self.proc.stdout], [], [], 10)
+        assert ready, "the inotify watcher hung on %r" % line
+        return json.loads(self.proc.stdout.readline())
+
+    def watch(self, rel, label, mask=IN_ALL_EVENTS):
+        wd = self._ask("watch %s %s %d" % (os.path.join(self.root, rel), label, mask))
+        assert wd >= 0, "inotify_add_watch(%s): %s" % (rel, os.strerror(-wd))
+
+    def drain(self):
+        return [tuple(e) for e in self._ask("drain")]
+
+
+def test_inotify_events(probe):
+    """Which inotify events the notifications and real operations on the
+    mount produce, for a watcher of the directory and of the file (also
+    through a read-only bind mount in another mount namespace, and with
+    systemd's path-unit mask on the directory).
+
+    Kernel: notifications: fs/fuse/dir.c fuse_reverse_inval_entry calls no
+    fsnotify hook; with a child nodeid (notify_delete) it clears the
+    inode's nlink and d_delete()s the dentry, and fs/dcache.c
+    dentry_unlink_inode -> fsnotify_inoderemove sends IN_DELETE_SELF (and
+    IN_IGNORED) to the inode's watchers, but no IN_DELETE to the
+    directory's. inval_inode (fs/fuse/inode.c fuse_reverse_inval_inode)
+    and INC_EPOCH touch no dentry and call no hook. Real operations go
+    through fs/namei.c vfs_* and include/linux/fsnotify.h hooks:
+    fsnotify_create (IN_CREATE), fsnotify_mkdir, fsnotify_link_count
+    (IN_ATTRIB on unlink), d_delete_notify -> fsnotify_nameremove
+    (IN_DELETE), fs/attr.c notify_change -> fsnotify_change (IN_ATTRIB, to
+    the inode and, with the name, to its parent's watchers). inotify
+    watches are on inodes, so a bind mount, read-only or in another mount
+    namespace, sees the same events. Locks: unlink/rmdir/create/mknod/
+    mkdir take the parent's inode lock exclusive (fs/namei.c), utimensat
+    only the file's; the daemon's own operation on its mount waits like
+    anyone else's for a lookup in flight in that directory (it is answered
+    by another worker thread, so it does not deadlock unless the daemon
+    makes the LOOKUP's answer wait for it).
+
+    Measured on 6.18: see EXPECTED below; the ro bind mount watcher in
+    another mount namespace gets exactly the same events; with systemd's
+    mask (IN_MOVE_SELF|IN_DELETE_SELF|IN_ATTRIB|IN_CREATE|IN_MOVED_TO) on
+    the directory, only create/mknod/mkdir (IN_CREATE) and utimens of a
+    file in it (IN_ATTRIB with the name) or of itself (IN_ATTRIB) wake it:
+    no notification ever does. The self thread's unlink waited ~1000 ms
+    for a held fresh LOOKUP in the directory, its utimens of a file there
+    did not. Versions: the fsnotify hooks named are in 5.10 through
+    mainline (read; fsnotify_nameremove moved into d_delete_notify in
+    5.17); verified on 6.18.
+    """
+    pr = probe()
+    d = tree(pr)
+    pr.ok("dir d/s")
+    for n in "ijk":
+        pr.ok("file d/%s %s-text" % (n, n))
+    ino = pr.ino
+    bind = os.path.join(pr.dir, "ro")
+    os.mkdir(bind)
+    in_ns = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
+             'mount --bind -o ro "$0" "$1" && shift && exec "$@"', pr.path, bind]
+    views = {"here": Watcher(pr), "ro bind, other mount ns": Watcher(pr, in_ns, bind),
+             "systemd mask": Watcher(pr)}
+    EXPECTED = [
+        # (step, probe command, watched file or None, events to all events watchers)
+        ("notify_inval_entry", "notify inval_entry %d a" % d, "a", []),
+        ("notify_inval_entry, expire only", "notify inval_entry %d a expire" % d, "a", []),
+        ("notify_inval_inode -1", "notify inval_inode %d -1 0" % ino("d/b"), "b", []),
+        ("notify_inval_inode 0 0 (pages)", "notify inval_inode %d 0 0" % ino("d/b"), "b", []),
+        ("notify_inc_epoch", "notify inc_epoch", "b", []),
+        ("notify_delete of a file", "notify delete %d %d c" % (d, ino("d/c")), "c",
+         [("file", "DELETE_SELF", ""), ("file", "IGNORED", "")]),
+        ("notify_delete of a directory", "notify delete %d %d s" % (d, ino("d/s")), "s",
+         [("file", "DELETE_SELF", ""), ("file", "IGNORED", "")]),
+        ("self create", "self create d/new", None,
+         [("dir", "CREATE", "new"), ("dir", "OPEN", "new"), ("dir", "CLOSE_NOWRITE", "new")]),
+        ("self mknod", "self mknod d/new2", None, [("dir", "CREATE", "new2")]),
+        ("self mkdir", "self mkdir d/nd", None, [("dir", "CREATE|ISDIR", "nd")]),
+        ("self utimens of a file", "self utimens d/j", "j",
+         [("dir", "ATTRIB", "j"), ("file", "ATTRIB", "")]),
+        ("self unlink", "self unlink d/k", "k",
+         [("file", "ATTRIB", ""), ("file", "DELETE_SELF", ""), ("file", "IGNORED", ""),
+          ("dir", "DELETE", "k")]),
+        ("self rmdir", "self rmdir d/nd", "nd",
+         [("file", "DELETE_SELF", ""), ("file", "IGNORED", ""), ("dir", "DELETE|ISDIR", "nd")]),
+        ("self utimens of the directory", "self utimens d", None, [("dir", "ATTRIB|ISDIR", "")]),
+    ]
+    systemd_events = {}
+    for step, line, watched, expected in EXPECTED:
+        for name, w in views.items():
+            if name == "systemd mask":
+                w.watch("d", "dir", IN_SYSTEMD_PATH)
+            else:
+                w.watch("d", "dir")
+                if watched:
+                    w.watch(os.path.join("d", watched), "file")
+            w.drain()
+        r = pr.job(line)
+        assert r["rc"] in (0, 16), "%s: %s" % (step, r)
+        got = {name: w.drain() for name, w in views.items()}
+        measured("inotify: " + step, got["here"])
+        systemd_events[step] = got["systemd mask"]
+        for name in ("here", "ro bind, other mount ns"):
+            assert sorted(got[name]) == sorted(expected), \
+                "inotify, %s, watcher %s: used to see %s, now %s" % (step, name, expected, got[name])
+    measured("inotify: systemd path mask on the directory", systemd_events)
+    woken = sorted(s for s, evs in systemd_events.items() if evs)
+    assert woken == sorted(["self create", "self mknod", "self mkdir", "self utimens of a file",
+                            "self utimens of the directory"]), \
+        "systemd's path-unit mask used to be woken by these steps only: %s" % woken
+
+    # the self thread's operations wait for a lookup in flight like anyone's
+    for op, line, waits in (("unlink", "self unlink d/i", True),
+                            ("utimens", "self utimens d/j", False)):
+        bg, m, held_op, held_name = hold(pr, "lookup", d)
+        r = pr.job(line, wait_ms=HELD_MS * 3)
+        bg.join()
+        pr.ok("delay LOOKUP 0 ino=%d name=%s" % (d, held_name))
+        assert "pending" not in r and r["rc"] == 0, "self %s: %s" % (op, r)
+        ms = r["us"] / 1000
+        measured("self %s while a fresh LOOKUP in the directory is held: ms" % op, round(ms))
+        assert (ms >= BLOCKED_MS) == waits, \
+            "the daemon's own %s on its mount %s wait for a held LOOKUP in the directory " \
+            "(took %d ms)" % (op, "used to" if waits else "used not to", ms)
+
+
+def test_poll_reaches_the_daemon_and_notify_poll_wakes_the_poller(probe):
+    """poll(2) on a file of a no-open mount sends POLL (with fh 0: there
+    was no OPEN) and a kernel poll handle; notify_poll with that handle
+    wakes the poller, whose poll then sends POLL again and gets POLLIN.
+
+    Kernel: fs/fuse/file.c fuse_file_poll: unless fc->no_poll (set by an
+    ENOSYS reply), sends FUSE_POLL with ff->fh (0 under no-open: the file
+    was made by fuse_file_open without OPEN) and ff->kh, registers the
+    file in fc->polled_files (fuse_register_polled_file) and
+    FUSE_POLL_SCHEDULE_NOTIFY; fs/fuse/dev.c fuse_notify_poll ->
+    fuse_notify_poll_wakeup finds the file by kh and wakes ff->poll_wait.
+
+    Measured on 6.18: "POLL ino=N fh=0 ph=1"; the poller (5 s timeout)
+    returns POLLIN within milliseconds of notify_poll (rc 0), after a
+    second POLL. Versions: the same in 5.10 through mainline (read);
+    verified on 6.18.
+    """
+    pr = probe()
+    tree(pr)
+    a = pr.ino("d/a")
+    fd = os.open(pr.p("d", "a"), os.O_RDONLY)
+    try:
+        def wait_readable():
+            p = select.poll()
+            p.register(fd, select.POLLIN)
+            t0 = time.monotonic()
+            return p.poll(5000), time.monotonic() - t0
+
+        m = pr.mark()
+        poller = Background(wait_readable)
+        first = pr.wait_for(m, "POLL", ino=a)
+        measured("poll: first POLL", first["line"].split(" ", 1)[1])
+        assert first["ph"] == 1 and first["fh"] == 0, \
+            "POLL used to reach a no-open daemon with fh 0 and a poll handle: %s" % first["line"]
+        time.sleep(0.2)
+        assert poller.t1 is None, "the poller used to wait (POLL answered 0 revents)"
+        sent = time.monotonic()
+        r = pr.job("notify poll %d" % a)
+        assert r["rc"] == 0, "notify_poll: %s" % r
+        events, waited = poller.join(5)
+        woke_ms = (poller.t1 - sent) * 1000
+        measured("poll: poller woken after notify_poll, ms", round(woke_ms, 1))
+        polls = pr.since(m, "POLL")
+        measured("poll: POLL requests", len(polls))
+        assert events == [(fd, select.POLLIN)] and woke_ms < 1000, \
+            "notify_poll used to wake the poller at once with POLLIN: %s after %d ms" % (
+                events, woke_ms)
+    finally:
+        os.close(fd)
