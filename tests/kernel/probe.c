@@ -19,7 +19,7 @@
  *   notify delete PARENT CHILD NAME
  *   notify inval_inode INO OFF LEN
  *   notify inc_epoch     (a raw FUSE_NOTIFY_INC_EPOCH: libfuse 3.14 has none)
- *   notify raw CODE      a bare notification header with this code
+ *   notify raw CODE [LEN]  a notification header with this code, LEN zero bytes
  *   notify poll INO      mark INO readable and wake its poller
  *   self unlink|rmdir|mkdir|mknod|create|utimens PATH
  *   result ID            the outcome of a command that answered "pending ID"
@@ -629,16 +629,23 @@ static const struct fuse_lowlevel_ops probe_ops = {
 
 /* -------- commands -------- */
 
-static int raw_notify(struct probe *p, int code)
+static int raw_notify(struct probe *p, int code, size_t body)
 {
-	/* struct fuse_out_header with unique 0: a notification, no body. */
+	/* struct fuse_out_header with unique 0 (a notification), then `body`
+	 * zero bytes. */
 	struct {
 		uint32_t len;
 		int32_t error;
 		uint64_t unique;
-	} h = {sizeof(h), code, 0};
-	ssize_t n = write(fuse_session_fd(p->se), &h, sizeof(h));
+		char body[64];
+	} m = {0};
+	ssize_t n;
 
+	if (body > sizeof(m.body))
+		return -EINVAL;
+	m.len = (uint32_t)(16 + body);
+	m.error = code;
+	n = write(fuse_session_fd(p->se), &m, m.len);
 	return n < 0 ? -errno : (int)n;
 }
 
@@ -646,10 +653,15 @@ static int do_notify(struct probe *p, char **argv, int argc)
 {
 	const char *what = argc > 1 ? argv[1] : "";
 
+	if (strcmp(what, "inval_entry") == 0 && argc >= 5 && strcmp(argv[4], "expire") == 0)
+		/* libfuse 3.14 passes the flag whatever the kernel; kernels
+		 * before 6.2 ignore it (it was padding): a plain invalidation */
+		return fuse_lowlevel_notify_expire_entry(p->se, strtoul(argv[2], NULL, 0),
+							 argv[3], strlen(argv[3]),
+							 FUSE_LL_EXPIRE_ONLY);
 	if (strcmp(what, "inval_entry") == 0 && argc >= 4)
-		return fuse_lowlevel_notify_expire_entry(
-			p->se, strtoul(argv[2], NULL, 0), argv[3], strlen(argv[3]),
-			argc > 4 && strcmp(argv[4], "expire") == 0 ? FUSE_LL_EXPIRE_ONLY : 0);
+		return fuse_lowlevel_notify_inval_entry(p->se, strtoul(argv[2], NULL, 0), argv[3],
+							strlen(argv[3]));
 	if (strcmp(what, "delete") == 0 && argc >= 5)
 		return fuse_lowlevel_notify_delete(p->se, strtoul(argv[2], NULL, 0),
 						   strtoul(argv[3], NULL, 0), argv[4],
@@ -659,9 +671,9 @@ static int do_notify(struct probe *p, char **argv, int argc)
 							strtoll(argv[3], NULL, 0),
 							strtoll(argv[4], NULL, 0));
 	if (strcmp(what, "inc_epoch") == 0)
-		return raw_notify(p, PROBE_NOTIFY_INC_EPOCH);
+		return raw_notify(p, PROBE_NOTIFY_INC_EPOCH, 0);
 	if (strcmp(what, "raw") == 0 && argc >= 3)
-		return raw_notify(p, atoi(argv[2]));
+		return raw_notify(p, atoi(argv[2]), argc > 3 ? strtoul(argv[3], NULL, 0) : 0);
 	if (strcmp(what, "poll") == 0 && argc >= 3) {
 		struct fuse_pollhandle *ph;
 		struct node *n;
@@ -1060,6 +1072,8 @@ out1:
 	close(lfd);
 	unlink(argv[i]);
 out0:
+	/* fuse_session_new may have rebuilt args on the heap. */
+	fuse_opt_free_args(&args);
 	if (p.quit[0] >= 0) {
 		close(p.quit[0]);
 		close(p.quit[1]);
