@@ -20,7 +20,6 @@ builds tests/kernel/ into the same tree); $IMDSFS_PROBE overrides that.
 Set $KERNEL_CONTRACT_REPORT to a file to get the measured numbers as JSON.
 """
 
-import ctypes
 import errno
 import json
 import mmap
@@ -28,9 +27,7 @@ import os
 import re
 import select
 import shutil
-import signal
 import socket
-import struct
 import subprocess
 import sys
 import tempfile
@@ -284,25 +281,6 @@ class Background:
         return self.result
 
 
-def held_request(pr, mark, op, start, **match):
-    """Start a file operation whose request `op` the probe holds; return it
-    once the request has reached the probe."""
-    bg = Background(start)
-    pr.wait_for(mark, op, **match)
-    return bg
-
-
-def blocked_ms(pr, job_line, situation):
-    """How long `job_line` (a notification) took while `situation` (a held
-    request) was in flight, and whether it ended only after that request's
-    reply. Returns (ms, ended_after_reply)."""
-    r = pr.job(job_line, wait_ms=HELD_MS * 3)
-    assert "pending" not in r, "%s: still blocked %d ms after the held request" % (
-        job_line, HELD_MS * 3)
-    situation.join()
-    return r["us"] / 1000.0, r
-
-
 def tree(pr):
     """d/ with files a, b (cached: a day), c (entry timeout 0)."""
     d = int(pr.ok("dir d"))
@@ -362,11 +340,19 @@ def test_inval_entry_takes_the_directory_lock(probe):
     parallel dirops FUSE takes no lock of its own, fuse_lock_inode), and
     lookup_fast -> d_revalidate (fuse_dentry_revalidate) holds none.
 
-    Measured on 6.18 (UNLINK / fresh LOOKUP / revalidating LOOKUP of
-    another name held 1000 ms): see MEASURED and the report; with
-    FUSE_EXPIRE_ONLY (fuse_lowlevel_notify_expire_entry, flag 1) the same.
-    Versions: the inode_lock(parent) in fuse_reverse_inval_entry is there
-    in every version read (5.10, 6.1, 6.8, 6.12, mainline).
+    Measured on 6.18 (a request about another name of the directory held
+    1000 ms): while an UNLINK is held, inval_entry returns 0 after 990-1000
+    ms, right after the UNLINK's reply; while a fresh LOOKUP is held, the
+    same (987-1001 ms); while a revalidating LOOKUP is held, in < 1 ms.
+    With FUSE_EXPIRE_ONLY (fuse_lowlevel_notify_expire_entry, flag 1;
+    kernel 6.2+, protocol 7.38) exactly the same: only the d_invalidate is
+    skipped, the lock is taken all the same.
+    Versions (read, not run): inode_lock(parent) (inode_lock_nested(parent,
+    I_MUTEX_PARENT) since the flags came) before d_lookup in every copy
+    read, from before 6.2 (no flags) to after 6.16; lookup_slow's shared
+    lock since 4.7 (parallel lookups). Kernels before 6.2 ignore the
+    expire flag (it was padding) and invalidate: libfuse 3.14 sends it
+    regardless (3.15+ checks FUSE_CAP_EXPIRE_ONLY and says ENOSYS).
     """
     pr = probe()
     d = tree(pr)
@@ -397,11 +383,14 @@ def test_inval_inode_takes_no_directory_lock(probe):
     invalidate_inode_pages2_range, so no folio lock either). No inode_lock
     of the inode or of its parent.
 
-    Measured on 6.18: returns 0 in well under a millisecond while an
-    UNLINK, a fresh LOOKUP or a revalidating LOOKUP in the directory is
-    held 1000 ms, for a file of that directory and for the directory
-    itself. Versions: the same code path in every version read (5.10,
-    6.1, 6.8, 6.12, mainline); verified here on 6.18.
+    Measured on 6.18: returns 0 in < 1 ms (0.0-0.2) while an UNLINK, a
+    fresh LOOKUP or a revalidating LOOKUP in the directory is held 1000
+    ms, for a file of that directory and for the directory itself.
+    Versions: verified on 6.18; from reading, fuse_reverse_inval_inode has
+    taken no inode lock with offset < 0 in every copy read (pre-6.2
+    through 6.16+); with offset >= 0 it also invalidates page ranges
+    (invalidate_inode_pages2_range: folio locks, so it waits for a READ
+    in flight on that file's pages).
     """
     pr = probe()
     d = tree(pr)
@@ -480,15 +469,25 @@ def test_inc_epoch(probe):
     (read: 5.10, 6.1, 6.8, 6.12 have no case 8).
 
     Measured on 6.18 (protocol 7.45): the 16-byte write returns 16; code 99
-    (and 9: no FUSE_NOTIFY_PRUNE here) fails with EINVAL. It never blocks
-    (< 1 ms while UNLINK or a fresh LOOKUP of the directory is held). Of
-    a name cached before it, the next walk sends exactly one LOOKUP,
-    a fresh one (a name rebound meanwhile shows its new node after one
-    LOOKUP, not two). A directory's dentry is invalidated like any other
-    (d_invalidate drops the unused dentries below it: BATCH_FORGET); an
-    fd open before it keeps reading and fstat'ing its old inode; a
-    process whose cwd is in such a directory keeps working there. Names
-    are touched only when walked: nothing is sent at the notification.
+    fails with EINVAL; code 9 (FUSE_NOTIFY_PRUNE) fails with EINVAL bare
+    and is accepted with a 16-byte body (count 0): PRUNE exists here. It
+    never blocks (< 0.2 ms while UNLINK or a fresh LOOKUP of the directory
+    is held). Nothing is sent at the notification: names are touched only
+    when walked. Of a name cached before it, the next walk sends exactly
+    one LOOKUP, a fresh one (a name rebound meanwhile shows its new node
+    after one LOOKUP, not two), from the walker's tid. A directory's
+    dentry goes stale like any other: a walk from the root looks up "d"
+    then "a" (d_invalidate dropped the unused dentries below d:
+    BATCH_FORGET of their inodes). An fd open before it keeps pread,
+    fstat and mmap on its inode (the only request: the atime GETATTR,
+    see the GETATTR test); a process whose cwd is in such a directory
+    keeps working there (getcwd, listdir).
+    Versions: 6.16+ (protocol 7.44; read in the patch and uapi header, not
+    run on 6.16 itself); unknown codes have been -EINVAL since
+    notifications exist (fuse_notify's default case), so a daemon can
+    probe support by sending it once: EINVAL = not supported. Later
+    kernels (read, patches after 6.18) may also shrink the stale dentries
+    from a workqueue when the fuse module's inval_wq is set.
     """
     pr = probe()
     d = tree(pr)
@@ -597,10 +596,13 @@ def test_zero_entry_timeout_dentries(probe):
     caller gets the new node; failing with EIO: 2 LOOKUPs, caller gets EIO,
     then 1 LOOKUP at the next stat (no dentry was kept); failing with
     ENOENT: 2 LOOKUPs, then 1 per stat (negative dentries are always
-    looked up afresh); both LOOKUPs of a pair come from the caller's tid.
-    After notify_inval_entry: GETATTR(dir) + exactly 1 LOOKUP. Versions:
-    the same code in 5.10, 6.1, 6.8, 6.12 and mainline (read); verified
-    on 6.18.
+    looked up afresh); both LOOKUPs of a pair come from the caller's tid
+    (the header's pid is the thread id, not the process id).
+    After notify_inval_entry: GETATTR(dir) + exactly 1 LOOKUP.
+    Versions: verified on 6.18; from reading, fuse_dentry_revalidate's
+    "different nodeid or error -> invalid" and the delete_stale rule are
+    the same in copies from before 6.2 through 6.16+ (5.4+ for
+    delete_stale).
     """
     pr = probe()
     d = tree(pr)
@@ -618,6 +620,7 @@ def test_zero_entry_timeout_dentries(probe):
         assert len(got) == expect_lookups, \
             "entry timeout 0, %s: a stat used to send %d LOOKUP(s), now %d:\n%s" % (
                 label, expect_lookups, len(got), "\n".join(e["line"] for e in pr.since(m)))
+        assert tid != os.getpid()  # a thread of ours, so pid and tid differ
         assert all(e["pid"] == tid for e in got), \
             "entry timeout 0, %s: every LOOKUP used to come from the caller's thread " \
             "(tid %d): %s" % (label, tid, [e["pid"] for e in got])
@@ -654,10 +657,12 @@ def test_inval_entry_spares_open_files(probe):
     the next open does lookup_slow -> LOOKUP.
 
     Measured on 6.18 (no-open, pages cached): read/pread/fstat/mmap of the
-    old fd give the old bytes with no request; the next open sends one
-    LOOKUP and reads the new node. The FORGET of the old node comes only
-    once the fd is closed. Versions: same in 5.10 through mainline (read);
-    verified on 6.18.
+    old fd give the old bytes; the only request for them is the atime
+    GETATTR of the first fstat after a READ (see the GETATTR test). The
+    next open sends one LOOKUP and reads the new node. The FORGET of the
+    old node comes once the fd is closed, not before. Versions: verified
+    on 6.18; d_invalidate's and struct file's roles are the same in every
+    kernel imdsfs targets (read).
     """
     pr = probe()
     d = tree(pr)
@@ -703,11 +708,13 @@ def test_getattr_of_fstat_and_of_a_path_walk_look_alike(probe):
     GETATTR although the attribute timeout has not passed.
 
     Measured on 6.18: after notify_inval_inode, fstat -> "GETATTR ino=N
-    fi=0", stat(path) -> "GETATTR ino=N fi=0" (same pid field: the
-    caller's tid); a read after the size changed -> "GETATTR ino=N fi=1";
-    the first fstat after a READ -> "GETATTR fi=0". Versions: fuse_getattr
-    has passed file=NULL since 4.x (read: 5.10, 6.1, 6.8, 6.12, mainline);
-    verified on 6.18.
+    pid=T fi=0", stat(path) -> "GETATTR ino=N pid=T fi=0": the same line
+    (T: the caller's tid); a read past the cached size -> "GETATTR ino=N
+    fi=1"; the first fstat after a READ -> "GETATTR fi=0", the next none.
+    So no: a daemon cannot tell fstat's GETATTR from a path walk's.
+    Versions: verified on 6.18; fuse_getattr passing file=NULL and
+    fuse_invalidate_atime after READ are in every copy read (pre-6.2
+    through 6.16+).
     """
     pr = probe()
     tree(pr)
@@ -759,17 +766,18 @@ def test_no_open_cached_file_costs_no_request(probe):
     reading and closing a file whose attributes and pages are cached sends
     no request at all.
 
-    Kernel: fs/fuse/file.c fuse_file_open: fc->no_open after the first
-    ENOSYS (FUSE_NO_OPEN_SUPPORT, 4.19+... protocol 7.23) -> no OPEN, and
-    no RELEASE (fuse_file_put sends none when no_open made the file);
+    Kernel: fs/fuse/file.c fuse_file_open (fuse_do_open before 6.x):
+    fc->no_open after the first ENOSYS (FUSE_NO_OPEN_SUPPORT, protocol
+    7.23) -> no OPEN, and no RELEASE (the file has no release args);
     fuse_flush: fc->no_flush after the first ENOSYS -> no FLUSH; reads
     from the page cache; the walk's revalidation and permission check are
     answered by the dentry and attribute timeouts.
 
-    Measured on 6.18: the first open sends OPEN (ENOSYS), the first close
-    FLUSH (ENOSYS, the probe answers as imdsfs does); from then on 100
-    open+read+close of the cached file send 0 requests. Versions: no_open
-    since 4.19 (read); verified on 6.18.
+    Measured on 6.18: the first open+read+close sends OPEN (ENOSYS), READ,
+    FLUSH (ENOSYS, as imdsfs answers); then, once the atime GETATTR that
+    follows a READ is done, 100 open+read+close of the cached file send 0
+    requests. Versions: verified on 6.18; no_open and no_flush are in
+    every kernel imdsfs targets (read in pre-6.2 and 6.16+ copies).
     """
     pr = probe()
     tree(pr)
@@ -818,8 +826,8 @@ def test_removed_directory_with_a_cwd_inside(probe):
     0 and the same dead directory; with a subdirectory in use -> ENOTEMPTY.
     notify_inval_entry -> lookups from the cwd still reach the daemon and
     work, listdir works, getcwd fails with ENOENT until a walk from the
-    root finds the directory again. Versions: the same in 5.10 through
-    mainline as far as read (vfs_rmdir's S_DEAD, fuse_reverse_inval_entry's
+    root finds the directory again. Versions: the same in pre-6.2 through
+    6.16+ as far as read (vfs_rmdir's S_DEAD, fuse_reverse_inval_entry's
     ENOTEMPTY/S_DEAD); verified on 6.18.
     """
     pr = probe()
@@ -913,9 +921,11 @@ def test_forget_never_overtakes_a_read_in_flight(probe):
     the reply; in all three the FORGET of the inode comes after the
     probe sent the READ reply (by 0.1 to 50 ms). So a daemon may free a
     node at FORGET: no worker is still answering a READ from it (other
-    than one that already sent the reply). Versions: the folio lock and
-    evict ordering are the same in 5.10 through mainline (read); verified
-    on 6.18.
+    than one that already sent the reply and is returning from the
+    write). Versions: verified on 6.18; from reading, fuse_evict_inode's
+    order and request_wait_answer's rules are the same in every kernel
+    imdsfs targets; the read path moved from pages to folios in 6.x
+    without changing when they unlock.
     """
     pr = probe()
     tree(pr)
@@ -1017,7 +1027,9 @@ def test_inotify_events(probe):
     inode's nlink and d_delete()s the dentry, and fs/dcache.c
     dentry_unlink_inode -> fsnotify_inoderemove sends IN_DELETE_SELF (and
     IN_IGNORED) to the inode's watchers, but no IN_DELETE to the
-    directory's. inval_inode (fs/fuse/inode.c fuse_reverse_inval_inode)
+    directory's (libfuse's header says "inotify watchers are informed
+    that the dentry has been deleted": only the inode's watchers are).
+    inval_inode (fs/fuse/inode.c fuse_reverse_inval_inode)
     and INC_EPOCH touch no dentry and call no hook. Real operations go
     through fs/namei.c vfs_* and include/linux/fsnotify.h hooks:
     fsnotify_create (IN_CREATE), fsnotify_mkdir, fsnotify_link_count
@@ -1039,9 +1051,11 @@ def test_inotify_events(probe):
     file in it (IN_ATTRIB with the name) or of itself (IN_ATTRIB) wake it:
     no notification ever does. The self thread's unlink waited ~1000 ms
     for a held fresh LOOKUP in the directory, its utimens of a file there
-    did not. Versions: the fsnotify hooks named are in 5.10 through
-    mainline (read; fsnotify_nameremove moved into d_delete_notify in
-    5.17); verified on 6.18.
+    did not. An inotify watch pins its inode (fsnotify marks hold an
+    inode reference), so a watched file is not forgotten while watched.
+    Versions: verified on 6.18; from reading, the hooks named give the
+    same events in every kernel imdsfs targets (the parent's IN_DELETE
+    moved from vfs_unlink into d_delete_notify in 5.17, same events).
     """
     pr = probe()
     d = tree(pr)
@@ -1131,9 +1145,9 @@ def test_poll_reaches_the_daemon_and_notify_poll_wakes_the_poller(probe):
     fuse_notify_poll_wakeup finds the file by kh and wakes ff->poll_wait.
 
     Measured on 6.18: "POLL ino=N fh=0 ph=1"; the poller (5 s timeout)
-    returns POLLIN within milliseconds of notify_poll (rc 0), after a
-    second POLL. Versions: the same in 5.10 through mainline (read);
-    verified on 6.18.
+    returns POLLIN 0.8 ms after notify_poll (rc 0), after a second POLL.
+    Versions: verified on 6.18; fuse_file_poll/fuse_notify_poll are the
+    same in every kernel imdsfs targets (read).
     """
     pr = probe()
     tree(pr)

@@ -85,7 +85,7 @@ struct node {
 	size_t len;
 	double entry_timeout, attr_timeout;
 	struct timespec mtime;
-	bool readable;		   /* for poll */
+	bool readable;		    /* for poll */
 	struct fuse_pollhandle *ph; /* the last poller's, until woken */
 };
 
@@ -209,7 +209,8 @@ static struct node *node_new(struct probe *p, bool is_dir)
 }
 
 /* Under p->lock. */
-static struct name *name_find(struct probe *p, fuse_ino_t parent, const char *text, bool add)
+static struct name *name_find(struct probe *p, fuse_ino_t parent, const char *text,
+			      bool add)
 {
 	struct name *e;
 
@@ -278,8 +279,8 @@ static void maybe_delay(struct probe *p, const char *op, fuse_ino_t ino, const c
 		struct timespec t = {ms / 1000, (ms % 1000) * 1000000L};
 		while (nanosleep(&t, &t) < 0 && errno == EINTR)
 			;
-		logf_("reply %s ino=%lu%s%s", op, (unsigned long)ino, text ? " name=" : "",
-		      text ? text : "");
+		logf_("reply %s ino=%lu%s%s", op, (unsigned long)ino,
+		      text ? " name=" : "", text ? text : "");
 	}
 }
 
@@ -294,8 +295,8 @@ static void probe_init(void *userdata, struct fuse_conn_info *conn)
 	if (conn->capable & FUSE_CAP_PARALLEL_DIROPS)
 		conn->want |= FUSE_CAP_PARALLEL_DIROPS;
 	conn->want &= ~(FUSE_CAP_ATOMIC_O_TRUNC | FUSE_CAP_AUTO_INVAL_DATA);
-	logf_("INIT proto=%u.%u capable=0x%x want=0x%x", conn->proto_major, conn->proto_minor,
-	      conn->capable, conn->want);
+	logf_("INIT proto=%u.%u capable=0x%x want=0x%x", conn->proto_major,
+	      conn->proto_minor, conn->capable, conn->want);
 }
 
 static void probe_lookup(fuse_req_t req, fuse_ino_t parent, const char *text)
@@ -306,7 +307,8 @@ static void probe_lookup(fuse_req_t req, fuse_ino_t parent, const char *text)
 	struct node *n = NULL;
 	int err = ENOENT;
 
-	logf_("LOOKUP ino=%lu name=%s pid=%d", (unsigned long)parent, text, (int)caller(req));
+	logf_("LOOKUP ino=%lu name=%s pid=%d", (unsigned long)parent, text,
+	      (int)caller(req));
 	maybe_delay(p, "LOOKUP", parent, text);
 	memset(&e, 0, sizeof(e));
 	pthread_mutex_lock(&p->lock);
@@ -323,7 +325,8 @@ static void probe_lookup(fuse_req_t req, fuse_ino_t parent, const char *text)
 	}
 	pthread_mutex_unlock(&p->lock);
 	if (!n) {
-		logf_("answer LOOKUP ino=%lu name=%s err=%d", (unsigned long)parent, text, err);
+		logf_("answer LOOKUP ino=%lu name=%s err=%d", (unsigned long)parent, text,
+		      err);
 		fuse_reply_err(req, err);
 		return;
 	}
@@ -338,7 +341,8 @@ static void probe_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup)
 	fuse_reply_none(req);
 }
 
-static void probe_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_data *forgets)
+static void probe_forget_multi(fuse_req_t req, size_t count,
+			       struct fuse_forget_data *forgets)
 {
 	logf_("BATCH_FORGET count=%zu", count);
 	for (size_t i = 0; i < count; i++)
@@ -367,7 +371,8 @@ static void probe_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info 
 	struct node *n;
 	struct stat st;
 
-	logf_("GETATTR ino=%lu pid=%d fi=%d", (unsigned long)ino, (int)caller(req), fi != NULL);
+	logf_("GETATTR ino=%lu pid=%d fi=%d", (unsigned long)ino, (int)caller(req),
+	      fi != NULL);
 	maybe_delay(p, "GETATTR", ino, NULL);
 	if (!(n = node_or_reply(req, ino)))
 		return;
@@ -384,8 +389,8 @@ static void probe_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int
 	struct node *n;
 	struct stat st;
 
-	logf_("SETATTR ino=%lu pid=%d valid=0x%x self=%d", (unsigned long)ino, (int)caller(req),
-	      to_set, from_self(req));
+	logf_("SETATTR ino=%lu pid=%d valid=0x%x self=%d", (unsigned long)ino,
+	      (int)caller(req), to_set, from_self(req));
 	if (!from_self(req) || (to_set & FUSE_SET_ATTR_SIZE)) {
 		fuse_reply_err(req, EROFS);
 		return;
@@ -406,7 +411,8 @@ static void probe_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 {
 	struct probe *p = probe_of(req);
 
-	logf_("OPEN ino=%lu pid=%d flags=0%o", (unsigned long)ino, (int)caller(req), fi->flags);
+	logf_("OPEN ino=%lu pid=%d flags=0%o", (unsigned long)ino, (int)caller(req),
+	      fi->flags);
 	maybe_delay(p, "OPEN", ino, NULL);
 	if (p->no_open) {
 		fuse_reply_err(req, ENOSYS);
@@ -422,8 +428,8 @@ static void probe_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	struct probe *p = probe_of(req);
 	struct node *n;
 
-	logf_("READ ino=%lu pid=%d off=%lld size=%zu", (unsigned long)ino, (int)caller(req),
-	      (long long)off, size);
+	logf_("READ ino=%lu pid=%d off=%lld size=%zu", (unsigned long)ino,
+	      (int)caller(req), (long long)off, size);
 	maybe_delay(p, "READ", ino, NULL);
 	if (!(n = node_or_reply(req, ino)))
 		return;
@@ -495,7 +501,8 @@ static void probe_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_in
 }
 
 /* UNLINK and RMDIR: 0, and the tree unchanged unless we asked ourselves. */
-static void remove_name(fuse_req_t req, const char *op, fuse_ino_t parent, const char *text)
+static void remove_name(fuse_req_t req, const char *op, fuse_ino_t parent,
+			const char *text)
 {
 	struct probe *p = probe_of(req);
 	bool self = from_self(req);
@@ -653,15 +660,16 @@ static int do_notify(struct probe *p, char **argv, int argc)
 {
 	const char *what = argc > 1 ? argv[1] : "";
 
-	if (strcmp(what, "inval_entry") == 0 && argc >= 5 && strcmp(argv[4], "expire") == 0)
+	if (strcmp(what, "inval_entry") == 0 && argc >= 5 &&
+	    strcmp(argv[4], "expire") == 0)
 		/* libfuse 3.14 passes the flag whatever the kernel; kernels
 		 * before 6.2 ignore it (it was padding): a plain invalidation */
 		return fuse_lowlevel_notify_expire_entry(p->se, strtoul(argv[2], NULL, 0),
 							 argv[3], strlen(argv[3]),
 							 FUSE_LL_EXPIRE_ONLY);
 	if (strcmp(what, "inval_entry") == 0 && argc >= 4)
-		return fuse_lowlevel_notify_inval_entry(p->se, strtoul(argv[2], NULL, 0), argv[3],
-							strlen(argv[3]));
+		return fuse_lowlevel_notify_inval_entry(p->se, strtoul(argv[2], NULL, 0),
+							argv[3], strlen(argv[3]));
 	if (strcmp(what, "delete") == 0 && argc >= 5)
 		return fuse_lowlevel_notify_delete(p->se, strtoul(argv[2], NULL, 0),
 						   strtoul(argv[3], NULL, 0), argv[4],
@@ -673,7 +681,8 @@ static int do_notify(struct probe *p, char **argv, int argc)
 	if (strcmp(what, "inc_epoch") == 0)
 		return raw_notify(p, PROBE_NOTIFY_INC_EPOCH, 0);
 	if (strcmp(what, "raw") == 0 && argc >= 3)
-		return raw_notify(p, atoi(argv[2]), argc > 3 ? strtoul(argv[3], NULL, 0) : 0);
+		return raw_notify(p, atoi(argv[2]),
+				  argc > 3 ? strtoul(argv[3], NULL, 0) : 0);
 	if (strcmp(what, "poll") == 0 && argc >= 3) {
 		struct fuse_pollhandle *ph;
 		struct node *n;
@@ -751,8 +760,10 @@ static void *job_thread(void *arg)
 	free(ja);
 	snprintf(line, sizeof(line), "%s", j->line);
 	argc = split(line, argv, 16);
-	logf_("JOB start id=%d tid=%ld %s", (int)(j - p->jobs), (long)syscall(SYS_gettid), j->line);
-	rc = strcmp(argv[0], "self") == 0 ? do_self(p, argv, argc) : do_notify(p, argv, argc);
+	logf_("JOB start id=%d tid=%ld %s", (int)(j - p->jobs), (long)syscall(SYS_gettid),
+	      j->line);
+	rc = strcmp(argv[0], "self") == 0 ? do_self(p, argv, argc)
+					  : do_notify(p, argv, argc);
 	pthread_mutex_lock(&p->lock);
 	j->rc = rc;
 	j->us = now_us() - t0;
@@ -849,7 +860,8 @@ static void bind_node(struct probe *p, char **argv, int argc, bool is_dir, char 
 		n = node_new(p, is_dir);
 	if (n && !is_dir) {
 		const char *text = argc > 2 && !strchr(argv[2], '=') ? argv[2] : "";
-		size_t len = (v = opt(argv, argc, "size")) ? strtoul(v, NULL, 0) : strlen(text);
+		size_t len =
+		    (v = opt(argv, argc, "size")) ? strtoul(v, NULL, 0) : strlen(text);
 		size_t tlen = strlen(text);
 
 		n->data = malloc(len + 1);
@@ -890,7 +902,8 @@ static void command(struct probe *p, char *line, char *out, size_t size)
 	else if (strcmp(argv[0], "mark") == 0) {
 		logf_("MARK %s", argc > 1 ? copy + 5 : "");
 		snprintf(out, size, "ok");
-	} else if ((strcmp(argv[0], "file") == 0 || strcmp(argv[0], "dir") == 0) && argc > 1)
+	} else if ((strcmp(argv[0], "file") == 0 || strcmp(argv[0], "dir") == 0) &&
+		   argc > 1)
 		bind_node(p, argv, argc, argv[0][0] == 'd', out, size);
 	else if ((strcmp(argv[0], "absent") == 0 || strcmp(argv[0], "fail") == 0 ||
 		  strcmp(argv[0], "ino") == 0) &&
@@ -941,7 +954,8 @@ static void command(struct probe *p, char *line, char *out, size_t size)
 /* Wait until fd is readable; false once main asks us to quit. */
 static bool wait_readable(struct probe *p, int fd)
 {
-	struct pollfd fds[2] = {{.fd = fd, .events = POLLIN}, {.fd = p->quit[0], .events = POLLIN}};
+	struct pollfd fds[2] = {{.fd = fd, .events = POLLIN},
+				{.fd = p->quit[0], .events = POLLIN}};
 
 	while (poll(fds, 2, -1) < 0)
 		if (errno != EINTR)
@@ -1011,7 +1025,8 @@ static int listen_on(const char *path)
 
 int main(int argc, char **argv)
 {
-	char *fargv[] = {argv[0], "-o", "default_permissions,fsname=probe,subtype=probe", "-d"};
+	char *fargv[] = {argv[0], "-o", "default_permissions,fsname=probe,subtype=probe",
+			 "-d"};
 	struct fuse_args args = FUSE_ARGS_INIT(3, fargv);
 	struct probe p = {.no_open = true, .listen_fd = -1, .quit = {-1, -1}};
 	struct fuse_loop_config *cfg = NULL;
@@ -1027,7 +1042,8 @@ int main(int argc, char **argv)
 			break;
 	}
 	if (argc - i != 2) {
-		fprintf(stderr, "usage: %s [--open] [--debug] SOCKET MOUNTPOINT\n", argv[0]);
+		fprintf(stderr, "usage: %s [--open] [--debug] SOCKET MOUNTPOINT\n",
+			argv[0]);
 		return 2;
 	}
 	p.mountpoint = argv[i + 1];
