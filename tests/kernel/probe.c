@@ -34,8 +34,12 @@
  * Log lines: "USEC OP ino=N [name=NAME] pid=PID ..." with USEC from
  * CLOCK_MONOTONIC (Python's time.monotonic()); PID is the caller's thread
  * id as the kernel reports it in the request header (task_pid, not tgid).
- * A delayed reply logs "USEC reply OP ...". FORGET and BATCH_FORGET log one
- * "FORGET ino=N n=NLOOKUP" line per inode.
+ * A delayed reply logs "USEC reply OP ...", every LOOKUP its outcome
+ * ("answer LOOKUP ... node=N" or "err=E"). BATCH_FORGET logs its count,
+ * then, like FORGET, one "FORGET ino=N n=NLOOKUP" line per inode. A notify
+ * or self command logs "JOB start id=I tid=T ..." and "JOB done id=I rc=RC
+ * us=U"; mark logs "MARK TEXT". --debug adds libfuse's own trace (-d),
+ * which shows the requests the probe has no handler for.
  *
  * Like imdsfs, it asks for FUSE_CAP_NO_OPEN_SUPPORT (open answers ENOSYS;
  * --open answers it instead, with keep_cache) and parallel dirops, and
