@@ -74,6 +74,27 @@ static void reload(void *ctx)
 	kernel_names_changed(fs->kernel, &batch);
 }
 
+static ssize_t session_read(int fd, void *buf, size_t len, void *userdata)
+{
+	struct imdsfs *fs = userdata;
+
+	return kernel_read(fs->kernel, fd, buf, len);
+}
+
+static ssize_t session_writev(int fd, struct iovec *iov, int count, void *userdata)
+{
+	struct imdsfs *fs = userdata;
+
+	return kernel_writev(fs->kernel, fd, iov, count);
+}
+
+int fs_use_session_io(struct imdsfs *fs)
+{
+	static const struct fuse_custom_io io = {.read = session_read, .writev = session_writev};
+
+	return fuse_session_custom_io(fs->session, &io, fuse_session_fd(fs->session));
+}
+
 void fs_request_reload(int reload_fd)
 {
 	kernel_request_reload(reload_fd);

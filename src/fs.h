@@ -36,6 +36,10 @@ struct imdsfs {
 
 extern const struct fuse_lowlevel_ops imdsfs_ops;
 
+/* Once mounted: read and answer requests through kernel.c (K9). Returns 0
+ * or -errno. */
+int fs_use_session_io(struct imdsfs *fs);
+
 /* Set up `fs` around its resolver's parts; returns 0 or -errno. */
 int fs_init_state(struct imdsfs *fs);
 void fs_free_state(struct imdsfs *fs);

@@ -113,6 +113,18 @@
  *     it and no request holds it (node_get/node_put). Pinned:
  *     test_forget_and_read_order.
  *
+ * K9. Lookups in one directory run in parallel only if the INIT reply says
+ *     FUSE_PARALLEL_DIROPS; otherwise fuse_lookup and fuse_readdir take a
+ *     per-directory mutex (fs/fuse/dir.c fuse_lock_inode), and a lookup
+ *     waiting on a slow IMDS holds up every fresh lookup of its neighbours,
+ *     cached ones included. libfuse 3.14 never sends the flag, whatever
+ *     the file system wants (fixed in libfuse 3.17.1, commit c9905341), so
+ *     we hand libfuse our own read and writev (fuse_session_custom_io, a
+ *     libfuse 3.14 API) and add the flag to the INIT reply when the kernel
+ *     offered it (every kernel since 4.7). With a libfuse that sends it,
+ *     that changes nothing. Pinned: test_lookups_in_one_directory_run_in_parallel;
+ *     test_slow_lookup_holds_up_no_neighbour.
+ *
  * What we left out, and why:
  * - ESTALE from GETATTR for a superseded inode (the earlier design): it
  *   broke fstat, mmap and tail -f on open files (K2).
@@ -129,6 +141,8 @@
 #include "log.h"
 
 #include <fuse_lowlevel.h>
+/* The kernel's side of the protocol (linux-libc-dev): the INIT messages. */
+#include <linux/fuse.h>
 
 #include <errno.h>
 #include <fcntl.h>
@@ -136,6 +150,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 /* FUSE_NOTIFY_INC_EPOCH of <linux/fuse.h> 7.44, and the header every
@@ -171,6 +186,12 @@ struct kernel {
 	pthread_mutex_t lock; /* protects the queue */
 	struct kernel_notice *queue;
 	struct kernel_notice **queue_tail;
+
+	/* K9: the INIT request, seen by kernel_read and answered through
+	 * kernel_writev, both on the one thread that handles INIT. */
+	bool init_answered;
+	uint64_t init_unique;
+	uint32_t init_offered; /* the kernel's flags */
 };
 
 static void wake(int fd, char what)
@@ -398,6 +419,41 @@ void kernel_stop(struct kernel *k)
 	wake(k->wake[1], WAKE_QUIT);
 	pthread_join(k->notifier, NULL);
 	k->running = false;
+}
+
+ssize_t kernel_read(struct kernel *k, int fd, void *buf, size_t len)
+{
+	ssize_t n = read(fd, buf, len);
+	const struct fuse_in_header *in = buf;
+
+	if (!k->init_answered && n >= (ssize_t)(sizeof(*in) + sizeof(struct fuse_init_in)) &&
+	    in->opcode == FUSE_INIT) {
+		const struct fuse_init_in *init = (const void *)(in + 1);
+
+		k->init_unique = in->unique;
+		k->init_offered = init->flags;
+	}
+	return n;
+}
+
+ssize_t kernel_writev(struct kernel *k, int fd, struct iovec *iov, int count)
+{
+	const struct fuse_out_header *out = count == 2 ? iov[0].iov_base : NULL;
+	struct fuse_init_out init;
+
+	if (k->init_answered || !out || iov[0].iov_len != sizeof(*out) || out->error != 0 ||
+	    out->unique != k->init_unique || k->init_unique == 0 ||
+	    iov[1].iov_len > sizeof(init) || iov[1].iov_len < offsetof(struct fuse_init_out, flags) + 4)
+		return writev(fd, iov, count);
+
+	/* The INIT reply: what libfuse wrote, and the flag it forgets. */
+	k->init_answered = true;
+	memset(&init, 0, sizeof(init));
+	memcpy(&init, iov[1].iov_base, iov[1].iov_len);
+	if (k->init_offered & FUSE_PARALLEL_DIROPS)
+		init.flags |= FUSE_PARALLEL_DIROPS;
+	struct iovec patched[2] = {iov[0], {&init, iov[1].iov_len}};
+	return writev(fd, patched, 2);
 }
 
 void kernel_request_reload(int reload_fd)

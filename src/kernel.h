@@ -16,8 +16,10 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 struct fuse_session;
+struct iovec;
 struct kernel;
 struct kernel_notice;
 
@@ -63,6 +65,14 @@ void kernel_names_changed(struct kernel *k, struct kernel_batch *batch);
  * notifier thread: a volatile name, right after a lookup answered it, so
  * that the next path walk asks afresh rather than revalidating it. */
 void kernel_drop_name_later(struct kernel *k, uint64_t parent, const char *name);
+
+/*
+ * The session's read and writev (fuse_session_custom_io): what libfuse
+ * would do, but the INIT reply also says FUSE_PARALLEL_DIROPS when the
+ * kernel offered it, which libfuse 3.14 forgets (kernel.c, K9).
+ */
+ssize_t kernel_read(struct kernel *k, int fd, void *buf, size_t len);
+ssize_t kernel_writev(struct kernel *k, int fd, struct iovec *iov, int count);
 
 /* Ask the notifier thread to run the reload callback (SIGHUP). Only writes
  * one byte to a pipe: safe in a signal handler; pass kernel_reload_fd(). */

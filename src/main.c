@@ -591,6 +591,10 @@ int main(int argc, char *argv[])
 		fprintf(stderr, "imdsfs: cannot mount on %s\n", mountpoint);
 		goto out_signals;
 	}
+	if (fs_use_session_io(&fs) != 0) {
+		fprintf(stderr, "imdsfs: out of memory\n");
+		goto out_unmount;
+	}
 	if (!o.foreground && daemonize(&fs, mountpoint) != 0)
 		goto out_unmount;
 

@@ -897,6 +897,26 @@ def test_many_hanging_readers_never_block_cached_readers(start_mock, mount_fs):
     assert mnt.alive()
 
 
+def test_slow_lookup_holds_up_no_neighbour(start_mock, mount_fs):
+    """A lookup waiting on a slow IMDS must not hold up a fresh lookup of
+    a value that needs no request (account_id, from a document already
+    cached) in the same directory. The kernel serializes lookups in a
+    directory unless the INIT reply says FUSE_PARALLEL_DIROPS, which
+    libfuse 3.14 forgets to send (kernel.c, K9)."""
+    mock = start_mock("rich")
+    mnt = mount_fs(mock, ["timeout=5000", "retries=0"])
+    doc = json.loads(mnt.read("raw", "dynamic", "instance-identity", "document"))
+    mock.fault(path="meta-data/instance-action", delay_ms=2000)
+    slow = threading.Thread(target=lambda: mnt.read("instance_action"), daemon=True)
+    slow.start()
+    time.sleep(0.3)  # the slow lookup is under way
+    got, took = timed(mnt.read, "account_id")
+    assert got == doc["accountId"].encode() + b"\n"
+    assert took < FAST, "a cached read waited %.2fs behind a slow lookup" % took
+    slow.join(10)
+    assert not slow.is_alive()
+
+
 # --- no stale size ------------------------------------------------------------
 
 def test_reopen_after_rm_is_whole_value(start_mock, mount_fs):

@@ -327,17 +327,19 @@ def run_together(n, fn, timeout=60):
 
 
 def test_thousand_volatile_readers_share_requests(start_mock, mnt):
-    """1,000 readers of instance_action at once, IMDS answering in 300 ms:
+    """1,000 readers of instance_action at once, IMDS answering in 2 s:
     they share the request in flight. The kernel itself lets one of them
     look the name up and the others wait for it; those then revalidate the
     name (its entry timeout is 0) and share a second request. So two GETs,
-    and about two round trips, not 1,000 GETs and 7 s."""
+    where the daemon used to make one per reader (64 at a time, 31 s).
+    (2 s: a worker thread per waiting reader is started one at a time, and
+    all of them must be in the daemon before the second request ends.)"""
     mock = start_mock("rich")
     src = "meta-data/instance-action"
     m = mnt(mock, options=["timeout=5000"])
     p = m.p("instance_action")
     want = slurp(p)
-    mock.fault(path=src, delay_ms=300)
+    mock.fault(path=src, delay_ms=2000)
     mock.reset_counts()
     t0 = time.monotonic()
     results = run_together(1000, lambda i: slurp(p))
@@ -345,7 +347,7 @@ def test_thousand_volatile_readers_share_requests(start_mock, mnt):
     bad = [r for r in results if r != want]
     assert not bad, bad[:3]
     assert mock.count(src) <= 2, "1,000 readers cost %d GETs" % mock.count(src)
-    assert took < 3.0, "1,000 readers took %.1f s" % took
+    assert took < 12.0, "1,000 readers took %.1f s" % took
 
 
 def counts(pid):
