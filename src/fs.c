@@ -59,9 +59,14 @@ static void trace(const char *op, const struct node *n, const char *name)
 		  n->parent ? n->name : "/");
 }
 
-/* SIGHUP, on the notifier thread: clear every cache and the token, then
- * unbind every name (after the clear, so that no lookup can bind an old
- * value again) and tell the kernel. */
+/*
+ * SIGHUP, on the notifier thread: clear every cache and the token, then
+ * unbind every file (after the clear, so that no lookup can bind an old
+ * value again) and tell the kernel. Directories keep their nodes, so that
+ * a cwd inside one keeps its place (kernel.c, K6); without the epoch the
+ * kernel is told to look them up again too, as what they list may have
+ * changed.
+ */
 static void reload(void *ctx)
 {
 	struct imdsfs *fs = ctx;
@@ -70,7 +75,9 @@ static void reload(void *ctx)
 	log_info("SIGHUP: clearing every cached value and the token");
 	cache_clear_prefix(fs->resolver.cache, "");
 	fetch_forget_token(fs->resolver.fetcher);
-	node_unbind_all(fs->resolver.nodes, kernel_note_unbound, &batch);
+	node_unbind_stale(fs->resolver.nodes, kernel_note_name, &batch);
+	if (!kernel_has_epoch(fs->kernel))
+		node_each_bound_dir(fs->resolver.nodes, kernel_note_name, &batch);
 	kernel_names_changed(fs->kernel, &batch);
 }
 
@@ -434,12 +441,12 @@ static void remove_entry(fuse_req_t req, fuse_ino_t parent, const char *name, bo
 	/* The removed name itself the kernel drops on our reply. */
 	if (!n->is_dir)
 		node_unbind(nodes, n, NULL, NULL);
-	node_unbind_stale(nodes, kernel_note_unbound, &batch);
+	node_unbind_stale(nodes, kernel_note_name, &batch);
 	/* Below a removed directory only a cwd can still ask us (kernel.c,
 	 * K6), and it gets fresh values from an unbound parent; the kernel
 	 * is told to drop the names it holds there (K8). */
 	if (n->is_dir)
-		node_unbind(nodes, n, kernel_note_unbound, &batch);
+		node_unbind(nodes, n, kernel_note_name, &batch);
 	kernel_names_changed(fs->kernel, &batch);
 	log_debug("rm %s: cleared", name);
 out:

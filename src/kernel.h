@@ -23,8 +23,9 @@ struct iovec;
 struct kernel;
 struct kernel_notice;
 
-/* The names whose nodes an operation unbound, gathered under the node
- * table's lock by kernel_note_unbound(). */
+/* The names an operation made stale (their nodes unbound, or directories
+ * whose listing changed), gathered under the node table's lock by
+ * kernel_note_name(). */
 struct kernel_batch {
 	struct kernel_notice *first;
 	bool incomplete; /* a notice could not be allocated */
@@ -48,8 +49,8 @@ void kernel_stop(struct kernel *k);
 /* Whether names are invalidated by epoch (Linux >= 6.16). */
 bool kernel_has_epoch(const struct kernel *k);
 
-/* A node_unbound_fn: add `node`'s name to the kernel_batch `batch`. */
-void kernel_note_unbound(const struct node *node, void *batch);
+/* A node_name_fn: add `node`'s name to the kernel_batch `batch`. */
+void kernel_note_name(const struct node *node, void *batch);
 
 /*
  * Tell the kernel that the names in `batch` (just unbound, see node.h) no

@@ -249,7 +249,7 @@ void node_put(struct node_table *t, struct node *n)
 	pthread_mutex_unlock(&t->lock);
 }
 
-static void unbind_locked(struct node_table *t, struct node *n, node_unbound_fn each, void *ctx)
+static void unbind_locked(struct node_table *t, struct node *n, node_name_fn each, void *ctx)
 {
 	struct node **slot;
 
@@ -367,14 +367,14 @@ void node_forget(struct node_table *t, uint64_t ino, uint64_t count)
 	pthread_mutex_unlock(&t->lock);
 }
 
-void node_unbind(struct node_table *t, struct node *n, node_unbound_fn each, void *ctx)
+void node_unbind(struct node_table *t, struct node *n, node_name_fn each, void *ctx)
 {
 	pthread_mutex_lock(&t->lock);
 	unbind_locked(t, n, each, ctx);
 	pthread_mutex_unlock(&t->lock);
 }
 
-void node_unbind_stale(struct node_table *t, node_unbound_fn each, void *ctx)
+void node_unbind_stale(struct node_table *t, node_name_fn each, void *ctx)
 {
 	pthread_mutex_lock(&t->lock);
 	for (size_t i = 0; i < t->by_name.nbuckets; i++) {
@@ -391,11 +391,13 @@ void node_unbind_stale(struct node_table *t, node_unbound_fn each, void *ctx)
 	pthread_mutex_unlock(&t->lock);
 }
 
-void node_unbind_all(struct node_table *t, node_unbound_fn each, void *ctx)
+void node_each_bound_dir(struct node_table *t, node_name_fn each, void *ctx)
 {
 	pthread_mutex_lock(&t->lock);
-	while (t->root->first_child)
-		unbind_locked(t, t->root->first_child, each, ctx);
+	for (size_t i = 0; i < t->by_name.nbuckets; i++)
+		for (struct node *n = t->by_name.buckets[i]; n; n = n->name_next)
+			if (n->is_dir && n->nlookup > 0)
+				each(n, ctx);
 	pthread_mutex_unlock(&t->lock);
 }
 

@@ -109,23 +109,24 @@ int node_bind(struct node_table *table, struct node *parent, const char *name,
 /* The kernel dropped `count` of its references to node `ino` (FORGET). */
 void node_forget(struct node_table *table, uint64_t ino, uint64_t count);
 
-/* Told of each node being unbound that the kernel holds (nlookup > 0), so
- * that it can be told to drop the name; called under the table lock, so it
- * must not block or call back into the table. */
-typedef void (*node_unbound_fn)(const struct node *node, void *ctx);
+/* Told of a node whose name the kernel holds (nlookup > 0) and must look
+ * up again; called under the table lock, so it must not block or call back
+ * into the table. */
+typedef void (*node_name_fn)(const struct node *node, void *ctx);
 
 /* Unbind `node` and everything bound below it; `each` (may be NULL) hears
  * of the nodes the kernel holds. */
-void node_unbind(struct node_table *table, struct node *node, node_unbound_fn each, void *ctx);
+void node_unbind(struct node_table *table, struct node *node, node_name_fn each, void *ctx);
 
 /* Unbind every bound file whose value is stale (blob_is_stale: a clear
  * dropped it from the cache); `each` hears of those the kernel holds. Run
  * after the clear: a lookup that binds later sees the mark (node_bind). */
-void node_unbind_stale(struct node_table *table, node_unbound_fn each, void *ctx);
+void node_unbind_stale(struct node_table *table, node_name_fn each, void *ctx);
 
-/* Unbind every node below the root (SIGHUP); `each` hears of those the
- * kernel holds. */
-void node_unbind_all(struct node_table *table, node_unbound_fn each, void *ctx);
+/* Tell `each` of every bound directory below the root that the kernel
+ * holds, unbinding none: their names still lead where they did, but what
+ * they list may have changed (SIGHUP). Called under the table lock. */
+void node_each_bound_dir(struct node_table *table, node_name_fn each, void *ctx);
 
 /* Whether `node` is bound now (a snapshot). */
 bool node_is_bound(struct node_table *table, const struct node *node);

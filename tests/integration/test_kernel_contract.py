@@ -1181,3 +1181,40 @@ def test_poll_reaches_the_daemon_and_notify_poll_wakes_the_poller(probe):
                 events, woke_ms)
     finally:
         os.close(fd)
+
+
+def test_libfuse_leaves_lookups_in_a_directory_serialized(probe):
+    """K9. Two fresh LOOKUPs of different names in one directory, each held
+    1 s by the probe, which wants FUSE_CAP_PARALLEL_DIROPS from libfuse
+    3.14 but gets its INIT reply as libfuse writes it: the second LOOKUP
+    reaches the daemon only after the first is answered, because libfuse
+    3.14 never puts FUSE_PARALLEL_DIROPS in the reply (lib/fuse_lowlevel.c
+    do_init; fixed in libfuse 3.17.1, commit c9905341) and without it the
+    kernel takes a per-directory mutex around each lookup (fs/fuse/dir.c
+    fuse_lookup -> fuse_lock_inode, all versions). imdsfs adds the flag
+    itself (src/kernel.c, K9; test_faults.py
+    test_slow_lookup_holds_up_no_neighbour). When this test fails, the
+    libfuse in use sends the flag: kernel_writev's patch has become a
+    no-op and can go. Verified on 6.18 with libfuse 3.14.0."""
+    pr = probe()
+    d = int(pr.ok("dir d"))
+    for name in ("p", "q"):
+        pr.ok("file d/%s text" % name)
+    os.listdir(pr.p("d"))
+    pr.ok("delay LOOKUP %d ino=%d" % (HELD_MS, d))
+    m = pr.mark()
+    first = Background(lambda: os.stat(pr.p("d", "p")))
+    pr.wait_for(m, "LOOKUP", name="p")
+    second = Background(lambda: os.stat(pr.p("d", "q")))
+    first.join()
+    second.join()
+    pr.ok("delay LOOKUP 0 ino=%d" % d)
+    lookups = [e for e in pr.since(m, "LOOKUP") if e.get("ino") == d]
+    replies = [e for e in pr.since(m, "reply LOOKUP") if e.get("ino") == d]
+    assert len(lookups) == 2 and replies, pr.output()
+    gap_ms = (lookups[1]["t"] - lookups[0]["t"]) / 1000.0
+    measured("serialized_lookup_gap_ms", gap_ms)
+    assert lookups[1]["t"] >= replies[0]["t"], (
+        "the second LOOKUP came %.0f ms after the first, before its reply: lookups "
+        "in one directory run in parallel with this libfuse" % gap_ms)
+

@@ -201,13 +201,17 @@ static void test_subtrees(void)
 	node_forget(t, net->ino, 1);
 	CHECK_EQ_INT(node_count(t), 1);
 
-	/* SIGHUP unbinds everything below the root. */
+	/* SIGHUP hears of the bound directories the kernel holds, and keeps
+	 * them bound (a cwd inside keeps its place). */
 	net = bind(t, root, "network", dir_spec("n/"));
+	mac = bind(t, net, "mac", dir_spec("n/m/"));
+	node_forget(t, mac->ino, 1);
 	heard.count = 0;
-	node_unbind_all(t, hear, &heard);
+	node_each_bound_dir(t, hear, &heard);
 	CHECK_EQ_INT(heard.count, 1);
-	CHECK(!node_is_bound(t, net));
-	CHECK(node_is_bound(t, root));
+	CHECK(strcmp(heard.names[0], "network") == 0);
+	CHECK(node_is_bound(t, net) && node_is_bound(t, mac));
+	node_unbind(t, net, NULL, NULL);
 	node_forget(t, net->ino, 1);
 	CHECK_EQ_INT(node_count(t), 1);
 	node_table_destroy(t);
@@ -245,7 +249,8 @@ static void test_many(void)
 			node_put(t, n);
 		}
 	}
-	node_unbind_all(t, NULL, NULL);
+	for (int d = 0; d < DIRS; d++)
+		node_unbind(t, dirs[d], NULL, NULL);
 	CHECK_EQ_INT(node_count(t), 1 + DIRS + DIRS * FILES); /* all held by the kernel */
 	/* The kernel's forgets, directories before their files: a directory
 	 * lives while a child does. */
