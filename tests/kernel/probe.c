@@ -766,8 +766,12 @@ static void *job_thread(void *arg)
 	argc = split(line, argv, 16);
 	logf_("JOB start id=%d tid=%ld %s", (int)(j - p->jobs), (long)syscall(SYS_gettid),
 	      j->line);
-	rc = strcmp(argv[0], "self") == 0 ? do_self(p, argv, argc)
-					  : do_notify(p, argv, argc);
+	if (argc == 0)
+		rc = -EINVAL;
+	else if (strcmp(argv[0], "self") == 0)
+		rc = do_self(p, argv, argc);
+	else
+		rc = do_notify(p, argv, argc);
 	pthread_mutex_lock(&p->lock);
 	j->rc = rc;
 	j->us = now_us() - t0;
