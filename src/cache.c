@@ -191,8 +191,15 @@ static int take_result(struct cache *c, struct entry *e, struct blob **out)
 	return err;
 }
 
-int cache_get(struct cache *c, const char *key, bool store, cache_fill_fn fill, void *ctx,
-	      struct blob **out)
+/* How a caller wants a key's value (cache_get, cache_fetch). */
+enum want {
+	WANT_STORED,   /* the cached value, filled and kept if there is none */
+	WANT_VOLATILE, /* the fill under way, or a new one; nothing kept */
+	WANT_FRESH,    /* as WANT_VOLATILE, but never what is stored */
+};
+
+static int get(struct cache *c, const char *key, enum want want, cache_fill_fn fill, void *ctx,
+	       struct blob **out)
 {
 	struct entry **slot, *e;
 	struct blob *value = NULL;
@@ -202,18 +209,27 @@ int cache_get(struct cache *c, const char *key, bool store, cache_fill_fn fill, 
 	pthread_mutex_lock(&c->lock);
 	slot = slot_of(c, key);
 	e = *slot;
-	if (e && !e->filling) {
-		*out = blob_ref(e->value);
+	if (e && !e->filling && want != WANT_FRESH) {
+		/* A value, or what the poller found there: nothing (-ENOENT). */
+		err = e->err;
+		if (!err)
+			*out = blob_ref(e->value);
 		pthread_mutex_unlock(&c->lock);
-		return 0;
+		return err;
 	}
-	if (e) {
+	if (e && e->filling) {
 		e->holders++;
 		while (e->filling)
 			pthread_cond_wait(&c->filled, &c->lock);
 		err = take_result(c, e, out);
 		pthread_mutex_unlock(&c->lock);
 		return err;
+	}
+	if (e) {
+		/* WANT_FRESH of a stored key: readers are answered from the
+		 * store meanwhile, so there is no flight to share. */
+		pthread_mutex_unlock(&c->lock);
+		return fill(ctx, out);
 	}
 
 	e = calloc(1, sizeof(*e));
@@ -240,7 +256,7 @@ int cache_get(struct cache *c, const char *key, bool store, cache_fill_fn fill, 
 		blob_unref(value);
 	if (e->value && e->cleared)
 		atomic_store(&e->value->stale, true); /* fetched across a clear */
-	if ((err || !store) && !e->detached) {
+	if ((err || want != WANT_STORED) && !e->detached) {
 		/* Failures are never cached, nor volatile values: the next
 		 * reader fills again. */
 		unlink_entry(c, slot_of(c, key));
@@ -251,16 +267,28 @@ int cache_get(struct cache *c, const char *key, bool store, cache_fill_fn fill, 
 	return err;
 }
 
+int cache_get(struct cache *c, const char *key, bool store, cache_fill_fn fill, void *ctx,
+	      struct blob **out)
+{
+	return get(c, key, store ? WANT_STORED : WANT_VOLATILE, fill, ctx, out);
+}
+
+int cache_fetch(struct cache *c, const char *key, cache_fill_fn fill, void *ctx,
+		struct blob **out)
+{
+	return get(c, key, WANT_FRESH, fill, ctx, out);
+}
+
 static bool is_derived_from(const char *key, const char *base, size_t base_len)
 {
 	return strncmp(key, base, base_len) == 0 && (key[base_len] == '\0' || key[base_len] == '#');
 }
 
-static void clear_matching(struct cache *c, const char *what, bool prefix)
+/* Under the lock. */
+static void clear_matching_locked(struct cache *c, const char *what, bool prefix)
 {
 	size_t len = strlen(what);
 
-	pthread_mutex_lock(&c->lock);
 	for (size_t i = 0; i < c->nbuckets; i++) {
 		struct entry **slot = &c->buckets[i];
 		while (*slot) {
@@ -278,6 +306,12 @@ static void clear_matching(struct cache *c, const char *what, bool prefix)
 				slot = &(*slot)->next;
 		}
 	}
+}
+
+static void clear_matching(struct cache *c, const char *what, bool prefix)
+{
+	pthread_mutex_lock(&c->lock);
+	clear_matching_locked(c, what, prefix);
 	pthread_mutex_unlock(&c->lock);
 }
 
@@ -289,6 +323,47 @@ void cache_clear(struct cache *c, const char *key)
 void cache_clear_prefix(struct cache *c, const char *prefix)
 {
 	clear_matching(c, prefix, true);
+}
+
+static bool holds(const struct entry *e, const struct blob *value)
+{
+	if (e->filling)
+		return false;
+	if (!value)
+		return e->err == -ENOENT;
+	return !e->err && e->value->len == value->len &&
+	       memcmp(e->value->data, value->data, value->len) == 0;
+}
+
+bool cache_put(struct cache *c, const char *key, struct blob *value)
+{
+	struct entry *e, **slot;
+	bool changed = false;
+
+	pthread_mutex_lock(&c->lock);
+	e = *slot_of(c, key);
+	if (e && holds(e, value))
+		goto out;
+	e = calloc(1, sizeof(*e));
+	if (!e || !(e->key = strdup(key))) {
+		/* Out of memory: what was held goes, so readers ask IMDS. */
+		free(e);
+		clear_matching_locked(c, key, false);
+		changed = true;
+		goto out;
+	}
+	clear_matching_locked(c, key, false);
+	e->value = value ? blob_ref(value) : NULL;
+	e->err = value ? 0 : -ENOENT;
+	slot = slot_of(c, key);
+	*slot = e;
+	c->count++;
+	if (c->count > c->nbuckets)
+		grow(c);
+	changed = true;
+out:
+	pthread_mutex_unlock(&c->lock);
+	return changed;
 }
 
 size_t cache_count(struct cache *c)

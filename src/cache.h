@@ -77,10 +77,28 @@ bool blob_is_stale(const struct blob *blob);
  * once the fill ends, so a caller shares a fill that is under way and
  * otherwise starts a new one. Blocks while a fill runs, never holding the
  * cache lock. Returns 0 with a reference the caller drops with
- * blob_unref(), or the fill's -errno.
+ * blob_unref(), or the fill's -errno (or the -ENOENT cache_put kept).
  */
 int cache_get(struct cache *cache, const char *key, bool store, cache_fill_fn fill, void *ctx,
 	      struct blob **out);
+
+/*
+ * A fresh value of `key`, whatever the cache holds: the fill under way for
+ * it, shared, or a new fill, whose result is not kept. For the watch's
+ * poller, which then decides what to keep (cache_put). Blocks like
+ * cache_get().
+ */
+int cache_fetch(struct cache *cache, const char *key, cache_fill_fn fill, void *ctx,
+		struct blob **out);
+
+/*
+ * Keep what the watch's poller found for `key`: `value`, or (NULL) that
+ * IMDS has nothing there, which cache_get() then answers with -ENOENT until
+ * a clear or another put. When the cache holds the same already, does
+ * nothing and returns false; otherwise drops what it held for `key` and
+ * what is derived from it (stale, as a clear does) and returns true.
+ */
+bool cache_put(struct cache *cache, const char *key, struct blob *value);
 
 /* Drop `key` and every "key#..." derived from it, and mark their values
  * stale; a fill under way for one of them makes a stale value. */

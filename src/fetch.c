@@ -562,7 +562,10 @@ void fetch_forget_token(struct fetcher *f)
 	pthread_mutex_unlock(&f->token_lock);
 }
 
-int fetch_get(struct fetcher *f, const char *path, char **out, size_t *out_len)
+/* fetch_get(), and what it would log on failure in `why` (when given) or
+ * in the log. */
+static int get(struct fetcher *f, const char *path, char **out, size_t *out_len, char *why,
+	       size_t why_size)
 {
 	struct handle *h = handle_take(f);
 	struct timespec deadline;
@@ -627,19 +630,38 @@ int fetch_get(struct fetcher *f, const char *path, char **out, size_t *out_len)
 	free(body.data);
 	if (o.err == -ENOENT) {
 		log_debug("GET /latest/%s: not found", path);
-	} else if (token_failed && o.err == -ETIMEDOUT) {
-		log_warning("token request (PUT /latest/api/token) timed out (%s) reading "
-			    "/latest/%s; in a container, the instance may need "
-			    "http-put-response-hop-limit >= 2",
-			    o.reason, path);
-	} else if (token_failed) {
-		log_warning("token request (PUT /latest/api/token) failed (%s) reading /latest/%s",
-			    o.reason, path);
-	} else {
-		log_warning("GET /latest/%s failed: %s%s", path, o.reason,
-			    o.transient ? " (after retries)" : "");
+		return o.err;
 	}
+	char line[512];
+	if (token_failed && o.err == -ETIMEDOUT)
+		snprintf(line, sizeof(line),
+			 "token request (PUT /latest/api/token) timed out (%s) reading "
+			 "/latest/%s; in a container, the instance may need "
+			 "http-put-response-hop-limit >= 2",
+			 o.reason, path);
+	else if (token_failed)
+		snprintf(line, sizeof(line),
+			 "token request (PUT /latest/api/token) failed (%s) reading /latest/%s",
+			 o.reason, path);
+	else
+		snprintf(line, sizeof(line), "GET /latest/%s failed: %s%s", path, o.reason,
+			 o.transient ? " (after retries)" : "");
+	if (why)
+		snprintf(why, why_size, "%s", line);
+	else
+		log_warning("%s", line);
 	return o.err;
+}
+
+int fetch_get(struct fetcher *f, const char *path, char **out, size_t *out_len)
+{
+	return get(f, path, out, out_len, NULL, 0);
+}
+
+int fetch_get_quietly(struct fetcher *f, const char *path, char **out, size_t *out_len, char *why,
+		      size_t why_size)
+{
+	return get(f, path, out, out_len, why, why_size);
 }
 
 int fetch_create(const struct fetch_config *config, struct fetcher **out)

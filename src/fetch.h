@@ -46,6 +46,12 @@ void fetch_destroy(struct fetcher *fetcher);
  */
 int fetch_get(struct fetcher *fetcher, const char *path, char **body, size_t *len);
 
+/* As fetch_get(), but a failure other than 404 is not logged: the line
+ * fetch_get() would log is written to `why` (for the watch's poller, which
+ * logs when polling starts failing, not at every poll). */
+int fetch_get_quietly(struct fetcher *fetcher, const char *path, char **body, size_t *len,
+		      char *why, size_t why_size);
+
 /* Drop the token, so that the next request fetches a new one (SIGHUP). */
 void fetch_forget_token(struct fetcher *fetcher);
 

@@ -14,6 +14,7 @@
 #include "fetch.h"
 #include "kernel.h"
 #include "log.h"
+#include "watch.h"
 
 #include <fuse_lowlevel.h>
 
@@ -152,6 +153,9 @@ static void imdsfs_init(void *userdata, struct fuse_conn_info *conn)
 		log_error("cannot start the notifier thread: %s; rm and SIGHUP will not reach "
 			  "the kernel's caches",
 			  strerror(-err));
+	if (fs->resolver.watch &&
+	    (err = watch_start(fs->resolver.watch, &fs->resolver, fs->kernel, fs->mountpoint)))
+		log_error("cannot start the watch: %s; nothing is polled", strerror(-err));
 
 	if (fs->ready_fd >= 0) {
 		/* The mount answers requests now: let the parent exit 0. */
@@ -165,6 +169,12 @@ static void imdsfs_init(void *userdata, struct fuse_conn_info *conn)
 
 void fs_stop(struct imdsfs *fs)
 {
+	/* The session loop has ended: nobody answers requests any more. The
+	 * watch may be waiting on one of its own, and the notifier on a
+	 * directory lock a waiting request holds; the kernel ends them all. */
+	watch_quit(fs->resolver.watch);
+	kernel_sever(fs->kernel);
+	watch_stop(fs->resolver.watch);
 	kernel_stop(fs->kernel);
 }
 
@@ -200,21 +210,19 @@ static void stat_of(const struct imdsfs *fs, const struct node *n, struct stat *
 	st->st_ctim = st->st_mtim;
 }
 
-static void imdsfs_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
+/* Look `name` up in `dir` and answer with what it shows (LOOKUP, and the
+ * watch's MKNOD and MKDIR). */
+static void reply_lookup(fuse_req_t req, struct node *dir, const char *name)
 {
 	struct imdsfs *fs = fs_of(req);
-	struct node *dir = get_node(req, parent), *child;
 	struct fuse_entry_param e;
+	struct node *child;
 	bool bound, is_volatile;
-	int err;
+	int err = dir->is_dir ? resolve_lookup(&fs->resolver, dir, name, &child) : -ENOTDIR;
 
-	if (!dir)
-		return;
-	trace("LOOKUP", dir, name);
-	err = dir->is_dir ? resolve_lookup(&fs->resolver, dir, name, &child) : -ENOTDIR;
 	if (err) {
 		fuse_reply_err(req, -err);
-		goto out;
+		return;
 	}
 	/* An inode's attributes never change. A name that is bound and not
 	 * volatile keeps showing this node until we say otherwise; any other
@@ -222,7 +230,7 @@ static void imdsfs_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 	 * cache right after this reply so that the walk does one fresh lookup
 	 * rather than a revalidation and a retry (kernel.c, K3). */
 	bound = node_is_bound(fs->resolver.nodes, child);
-	is_volatile = resolve_is_volatile(child);
+	is_volatile = resolve_is_volatile(&fs->resolver, child);
 	memset(&e, 0, sizeof(e));
 	e.ino = child->ino;
 	e.attr_timeout = FS_CACHE_TIMEOUT;
@@ -231,9 +239,26 @@ static void imdsfs_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 	if (fuse_reply_entry(req, &e) != 0)
 		node_forget(fs->resolver.nodes, e.ino, 1); /* the kernel never got it */
 	else if (!bound || is_volatile)
-		kernel_drop_name_later(fs->kernel, parent, name);
-out:
-	node_put(fs->resolver.nodes, dir);
+		kernel_drop_name_later(fs->kernel, dir->ino, name);
+}
+
+static void imdsfs_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	struct node_table *nodes = nodes_of(req);
+	struct node *dir = get_node(req, parent);
+
+	if (!dir)
+		return;
+	trace("LOOKUP", dir, name);
+	reply_lookup(req, dir, name);
+	node_put(nodes, dir);
+}
+
+/* Whether `req` is one of the watch's operations on the mount, which wake
+ * file watchers (kernel.c, K10): accepted from that thread only. */
+static bool from_watch(fuse_req_t req)
+{
+	return kernel_is_events_request(fs_of(req)->kernel, fuse_req_ctx(req)->pid);
 }
 
 static void imdsfs_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup)
@@ -265,10 +290,27 @@ static void imdsfs_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info
 	node_put(fs->resolver.nodes, n);
 }
 
+/* Refused (EROFS), but for the watch's touch of a changed value: the
+ * inode's own attributes, unchanged, so that the kernel tells watchers of
+ * the name and of the inode (IN_ATTRIB). */
 static void imdsfs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,
 			   struct fuse_file_info *fi)
 {
-	fuse_reply_err(req, EROFS);
+	struct imdsfs *fs = fs_of(req);
+	struct node *n;
+	struct stat st;
+
+	if (!from_watch(req)) {
+		fuse_reply_err(req, EROFS);
+		return;
+	}
+	n = get_node(req, ino);
+	if (!n)
+		return;
+	trace("SETATTR", n, NULL);
+	stat_of(fs, n, &st);
+	fuse_reply_attr(req, &st, FS_CACHE_TIMEOUT);
+	node_put(fs->resolver.nodes, n);
 }
 
 /*
@@ -426,6 +468,16 @@ static void remove_entry(fuse_req_t req, fuse_ino_t parent, const char *name, bo
 		return;
 	trace(want_dir ? "RMDIR" : "UNLINK", dir, name);
 	n = node_find(nodes, dir, name);
+	if (from_watch(req)) {
+		/* A watched name went: the watch keeps its absence once the
+		 * kernel has told the watchers (watch.c); the name, gone from
+		 * the kernel, must not lead to its node again. */
+		if (n)
+			node_unbind(nodes, n, kernel_note_name, &batch);
+		kernel_names_changed(fs->kernel, &batch);
+		fuse_reply_err(req, 0);
+		goto done;
+	}
 	if (!n) {
 		/* The kernel looked the name up before removing it, but a
 		 * clear unbound it since: what does it stand for? */
@@ -451,6 +503,7 @@ static void remove_entry(fuse_req_t req, fuse_ino_t parent, const char *name, bo
 	log_debug("rm %s: cleared", name);
 out:
 	fuse_reply_err(req, -err);
+done:
 	if (looked_up)
 		node_forget(nodes, n->ino, 1);
 	else if (n)
@@ -473,15 +526,37 @@ static void reply_erofs_entry(fuse_req_t req)
 	fuse_reply_err(req, EROFS);
 }
 
+/* Refused (EROFS), but for the watch's creation of a name that appeared:
+ * the watch keeps the values it polled, and the name is answered as a
+ * lookup would be, so that the kernel tells watchers of the directory
+ * (IN_CREATE). */
+static void create_entry(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	struct imdsfs *fs = fs_of(req);
+	struct node *dir;
+
+	if (!from_watch(req)) {
+		fuse_reply_err(req, EROFS);
+		return;
+	}
+	dir = get_node(req, parent);
+	if (!dir)
+		return;
+	trace("CREATE", dir, name);
+	watch_publish(fs->resolver.watch);
+	reply_lookup(req, dir, name);
+	node_put(fs->resolver.nodes, dir);
+}
+
 static void imdsfs_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
 			 dev_t rdev)
 {
-	reply_erofs_entry(req);
+	create_entry(req, parent, name);
 }
 
 static void imdsfs_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode)
 {
-	reply_erofs_entry(req);
+	create_entry(req, parent, name);
 }
 
 static void imdsfs_symlink(fuse_req_t req, const char *link, fuse_ino_t parent, const char *name)

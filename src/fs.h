@@ -30,6 +30,7 @@ struct imdsfs {
 	gid_t gid;
 	time_t started;
 	struct fuse_session *session;
+	const char *mountpoint; /* absolute */
 	int ready_fd; /* written to once the mount answers (daemonizing), or -1 */
 	bool no_open; /* the kernel opens files without asking us */
 };
@@ -44,8 +45,8 @@ int fs_use_session_io(struct imdsfs *fs);
 int fs_init_state(struct imdsfs *fs);
 void fs_free_state(struct imdsfs *fs);
 
-/* Stop the notifier thread (idempotent): before unmounting, so that no
- * kernel notification is in flight while /dev/fuse closes. */
+/* Once the session loop has ended: end what still waits on the mount and
+ * stop the watch and the notifier (idempotent), before unmounting. */
 void fs_stop(struct imdsfs *fs);
 
 /*

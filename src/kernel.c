@@ -101,8 +101,9 @@
  *     Subdirectories are not marked: a cwd below keeps working, and we
  *     answer it from an unbound parent. notify_delete marks a directory
  *     dead the same way; notify_inval_entry does not (but getcwd fails in
- *     it until a walk finds the directory again), which is why we never
- *     use notify_delete and why SIGHUP keeps directories' nodes. All
+ *     it until a walk finds the directory again), which is why we use
+ *     notify_delete for files only (K10) and why SIGHUP keeps directories'
+ *     nodes. All
  *     versions. Pinned: test_removed_directory_with_a_cwd_inside;
  *     test_cwd_inside_a_cleared_directory,
  *     test_cwd_inside_the_removed_directory_is_empty.
@@ -140,6 +141,31 @@
  *     that changes nothing. Pinned: test_libfuse_leaves_lookups_in_a_
  *     directory_serialized; test_slow_lookup_holds_up_no_neighbour.
  *
+ * K10. No notification wakes inotify: inval_entry, inval_inode and
+ *     inc_epoch give no event at all, notify_delete only IN_DELETE_SELF to
+ *     a watcher of the inode, and none to the directory's watchers
+ *     (measured). Linux raises file events from the VFS operations
+ *     themselves (fs/namei.c vfs_mknod, vfs_mkdir -> fsnotify_create;
+ *     vfs_unlink, vfs_rmdir -> fsnotify_delete, d_delete ->
+ *     fsnotify_inoderemove; fs/attr.c notify_change -> fsnotify_change),
+ *     and marks are on inodes, so a watcher through a bind mount in another
+ *     mount namespace wakes too. So the watch's poller does real operations
+ *     on the mount (kernel_wake_watchers: mknod or mkdir, utimensat, unlink
+ *     or rmdir), which our handlers accept from that thread only: a
+ *     request's pid is the calling thread's id (measured), and from anyone
+ *     else they stay EROFS. Each takes the locks any such operation takes
+ *     (its directory's): it may wait behind a request being answered, but
+ *     no request waits for it and the handlers it reaches answer at once
+ *     from what the poll found, so it cannot deadlock; at exit
+ *     kernel_sever() ends one the session loop can no longer answer. The
+ *     kernel makes IN_CREATE only for a name it looked up and did not find,
+ *     so a name is created before the poll's values are kept (the MKNOD
+ *     handler keeps them, then answers the new node); IN_ATTRIB must reach
+ *     the inode a watcher holds, so a changed name is touched before its
+ *     new value is kept, and its old inode then dropped with notify_delete
+ *     (IN_DELETE_SELF), so that its watcher can watch the name's new one.
+ *     All versions. Pinned: test_inotify_events; test_watch.py.
+ *
  * What we left out, and why:
  * - ESTALE from GETATTR for a superseded inode (the earlier design): it
  *   broke fstat, mmap and tail -f on open files (K2).
@@ -147,6 +173,9 @@
  *   directories dead (K6), so a cwd inside saw nothing, ever.
  * - Waiting in rm until notices were sent: it can deadlock (K4); a bounded
  *   wait turns that into a timer that correctness depends on.
+ * - Waking watchers with the poll(2) notification (notify_poll): it wakes
+ *   only a process that polls an open file, which neither inotify nor
+ *   systemd does.
  * - A failure kept for the kernel's retry of a failed revalidation (K3):
  *   nothing tells a retry from a new open of the same name by the same
  *   thread, so a kept failure can be served to a later read. Dropping
@@ -163,8 +192,11 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <stdatomic.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -207,6 +239,14 @@ struct kernel {
 	bool init_answered;
 	uint64_t init_unique;
 	uint32_t init_offered; /* the kernel's flags */
+
+	/* K10: the thread whose operations on the mount wake file watchers
+	 * (0: none), and where it finds the mount: a path, and the device
+	 * that says the path still leads to this mount. (Not an open fd of
+	 * the root: that would keep the mount busy, and umount would fail.) */
+	_Atomic pid_t events_tid;
+	char *mountpoint;
+	dev_t dev;
 };
 
 static void wake(int fd, char what)
@@ -249,6 +289,7 @@ void kernel_destroy(struct kernel *k)
 	kernel_stop(k);
 	free_notices(k->queue);
 	pthread_mutex_destroy(&k->lock);
+	free(k->mountpoint);
 	close(k->wake[0]);
 	close(k->wake[1]);
 	free(k);
@@ -437,6 +478,75 @@ void kernel_stop(struct kernel *k)
 	wake(k->wake[1], WAKE_QUIT);
 	pthread_join(k->notifier, NULL);
 	k->running = false;
+}
+
+void kernel_sever(struct kernel *k)
+{
+	int null;
+
+	if (!k->session || fuse_session_fd(k->session) < 0)
+		return;
+	/* The session's fd now names /dev/null: the connection's last
+	 * reference goes, the kernel ends every request still waiting with
+	 * ENOTCONN (fs/fuse/dev.c fuse_dev_release -> fuse_abort_conn), and
+	 * libfuse closes a harmless fd later. */
+	null = open("/dev/null", O_RDWR | O_CLOEXEC);
+	if (null >= 0) {
+		dup2(null, fuse_session_fd(k->session));
+		close(null);
+	}
+}
+
+int kernel_events_begin(struct kernel *k, const char *mountpoint)
+{
+	struct stat st;
+
+	if (stat(mountpoint, &st) != 0)
+		return -errno;
+	k->mountpoint = strdup(mountpoint);
+	if (!k->mountpoint)
+		return -ENOMEM;
+	k->dev = st.st_dev;
+	atomic_store(&k->events_tid, (pid_t)gettid());
+	return 0;
+}
+
+bool kernel_is_events_request(const struct kernel *k, pid_t pid)
+{
+	return pid != 0 && pid == atomic_load(&k->events_tid);
+}
+
+int kernel_wake_watchers(struct kernel *k, const char *path, bool is_dir,
+			 enum kernel_event event)
+{
+	struct stat st;
+	char *full;
+	int res = -1;
+
+	/* Something mounted over ours would get the operation instead. */
+	if (!k->mountpoint || stat(k->mountpoint, &st) != 0 || st.st_dev != k->dev)
+		return -ESTALE;
+	if (asprintf(&full, "%s/%s", k->mountpoint, path) < 0)
+		return -ENOMEM;
+	switch (event) {
+	case KERNEL_APPEARED:
+		res = is_dir ? mkdir(full, 0755) : mknod(full, S_IFREG | 0444, 0);
+		break;
+	case KERNEL_CHANGED:
+		res = utimensat(AT_FDCWD, full, NULL, AT_SYMLINK_NOFOLLOW);
+		break;
+	case KERNEL_GONE:
+		res = is_dir ? rmdir(full) : unlink(full);
+		break;
+	}
+	res = res == 0 ? 0 : -errno;
+	free(full);
+	return res;
+}
+
+int kernel_drop_inode(struct kernel *k, uint64_t parent, uint64_t child, const char *name)
+{
+	return fuse_lowlevel_notify_delete(k->session, parent, child, name, strlen(name));
 }
 
 ssize_t kernel_read(struct kernel *k, int fd, void *buf, size_t len)

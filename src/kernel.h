@@ -67,6 +67,30 @@ void kernel_names_changed(struct kernel *k, struct kernel_batch *batch);
  * that the next path walk asks afresh rather than revalidating it. */
 void kernel_drop_name_later(struct kernel *k, uint64_t parent, const char *name);
 
+/* After the session loop ended: end every request still in flight, so
+ * that no thread stays blocked on the mount (the notifier's notices, the
+ * watch's operations). The mount answers ENOTCONN until it is unmounted. */
+void kernel_sever(struct kernel *k);
+
+/*
+ * Waking file watchers (kernel.c, K10): the calling thread (the watch's
+ * poller, never a FUSE request) becomes the one whose operations on the
+ * mount are events. kernel_wake_watchers() performs one, relative to the
+ * mount's root: APPEARED creates `path` (mknod or mkdir), CHANGED touches
+ * it (utimensat), GONE removes it; the file system's handlers recognise the
+ * thread (kernel_is_events_request) and accept, where they refuse everyone
+ * else. Blocks like any file operation. Returns 0 or -errno.
+ */
+enum kernel_event { KERNEL_APPEARED, KERNEL_CHANGED, KERNEL_GONE };
+int kernel_events_begin(struct kernel *k, const char *mountpoint);
+bool kernel_is_events_request(const struct kernel *k, pid_t pid);
+int kernel_wake_watchers(struct kernel *k, const char *path, bool is_dir,
+			 enum kernel_event event);
+/* notify_delete of `child`, named `name` in `parent`, from the events
+ * thread (a watcher of that inode sees IN_DELETE_SELF). Returns 0 or
+ * -errno. */
+int kernel_drop_inode(struct kernel *k, uint64_t parent, uint64_t child, const char *name);
+
 /*
  * The session's read and writev (fuse_session_custom_io): what libfuse
  * would do, but the INIT reply also says FUSE_PARALLEL_DIROPS when the

@@ -9,6 +9,7 @@
 #include "fs.h"
 #include "log.h"
 #include "tree.h"
+#include "watch.h"
 
 #include <fuse_lowlevel.h>
 
@@ -51,6 +52,7 @@ struct options {
 	char *token_ttl;
 	char *timeout;
 	char *retries;
+	char *watch;
 	int hide_sensitive;
 	int foreground;
 	int debug;
@@ -75,6 +77,7 @@ static const struct fuse_opt option_spec[] = {
 	OPTION("token_ttl=%s", token_ttl),
 	OPTION("timeout=%s", timeout),
 	OPTION("retries=%s", retries),
+	OPTION("watch=%s", watch),
 	OPTION("hide_sensitive", hide_sensitive),
 	FUSE_OPT_KEY("-f", KEY_FOREGROUND),
 	FUSE_OPT_KEY("-d", KEY_DEBUG),
@@ -101,13 +104,17 @@ static void usage(const char *prog)
 	       "  -o token_ttl=SECONDS   token lifetime asked for, 1..%d (default 21600)\n"
 	       "  -o timeout=MS          per-request limit, 1..600000 (default 1000)\n"
 	       "  -o retries=N           retries of transient failures, 0..10 (default 3)\n"
+	       "  -o watch=SECONDS       poll the event values (spot interruption, rebalance,\n"
+	       "                         maintenance, ...) every SECONDS and wake file watchers\n"
+	       "                         on changes, 1..%d; 0: off (default)\n"
 	       "  -o hide_sensitive      leave credentials and user data out of the tree\n"
 	       "  -o allow_other, ...    FUSE mount options are passed through\n"
 	       "\n"
 	       "Environment: AWS_EC2_METADATA_SERVICE_ENDPOINT,\n"
 	       "AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE, AWS_EC2_METADATA_DISABLED.\n"
 	       "See imdsfs(8).\n",
-	       prog, DEFAULT_ENDPOINT, DEFAULT_ENDPOINT_IPV6, FETCH_TOKEN_TTL_MAX);
+	       prog, DEFAULT_ENDPOINT, DEFAULT_ENDPOINT_IPV6, FETCH_TOKEN_TTL_MAX,
+	       WATCH_SECONDS_MAX);
 }
 
 static int on_option(void *data, const char *arg, int key, struct fuse_args *outargs)
@@ -504,7 +511,7 @@ int main(int argc, char *argv[])
 	struct fuse_loop_config *loop_config = NULL;
 	struct fuse_session *se = NULL;
 	char *endpoint = NULL, *mountpoint = NULL;
-	long ttl = 21600, timeout = 1000, retries = 3;
+	long ttl = 21600, timeout = 1000, retries = 3, watch = 0;
 	int ret = 1, res;
 
 	/* One malloc arena: values are allocated by worker threads and freed
@@ -536,7 +543,8 @@ int main(int argc, char *argv[])
 	if ((o.token_ttl && (ttl = parse_number("token_ttl", o.token_ttl, 1,
 						 FETCH_TOKEN_TTL_MAX)) < 0) ||
 	    (o.timeout && (timeout = parse_number("timeout", o.timeout, 1, 600000)) < 0) ||
-	    (o.retries && (retries = parse_number("retries", o.retries, 0, 10)) < 0))
+	    (o.retries && (retries = parse_number("retries", o.retries, 0, 10)) < 0) ||
+	    (o.watch && (watch = parse_number("watch", o.watch, 0, WATCH_SECONDS_MAX)) < 0))
 		goto out_args;
 	endpoint = choose_endpoint(&o);
 	if (!endpoint)
@@ -550,7 +558,7 @@ int main(int argc, char *argv[])
 	    fuse_opt_add_arg(&args, "-osubtype=imdsfs") != 0)
 		goto out_args;
 
-	if (tree_init() != 0 || fetch_global_init() != 0)
+	if (tree_init() != 0 || watch_check_table() != 0 || fetch_global_init() != 0)
 		goto out_args;
 	fc.endpoint = endpoint;
 	fc.token_ttl = (unsigned int)ttl;
@@ -563,6 +571,10 @@ int main(int argc, char *argv[])
 		goto out_state;
 	}
 	fs.resolver.hide_sensitive = o.hide_sensitive;
+	if (watch > 0 && watch_create((unsigned int)watch, &fs.resolver.watch) != 0) {
+		fprintf(stderr, "imdsfs: out of memory\n");
+		goto out_state;
+	}
 
 	se = fuse_session_new(&args, &imdsfs_ops, sizeof(imdsfs_ops), &fs);
 	if (!se)
@@ -586,6 +598,7 @@ int main(int argc, char *argv[])
 	mountpoint = prepare_mountpoint(o.positional[o.npositional - 1]);
 	if (!mountpoint)
 		goto out_signals;
+	fs.mountpoint = mountpoint;
 	if (fuse_session_mount(se, mountpoint) != 0) {
 		/* libfuse (or fusermount3) has said why on the line before. */
 		fprintf(stderr, "imdsfs: cannot mount on %s\n", mountpoint);
@@ -598,8 +611,9 @@ int main(int argc, char *argv[])
 	if (!o.foreground && daemonize(&fs, mountpoint) != 0)
 		goto out_unmount;
 
-	log_info("serving %s from %s (token_ttl=%lds timeout=%ldms retries=%ld%s)", mountpoint,
-		 endpoint, ttl, timeout, retries, o.hide_sensitive ? ", hide_sensitive" : "");
+	log_info("serving %s from %s (token_ttl=%lds timeout=%ldms retries=%ld watch=%lds%s)",
+		 mountpoint, endpoint, ttl, timeout, retries, watch,
+		 o.hide_sensitive ? ", hide_sensitive" : "");
 	loop_config = fuse_loop_cfg_create();
 	if (!loop_config)
 		goto out_unmount;
@@ -633,6 +647,7 @@ out_session:
 	fuse_session_destroy(se);
 out_state:
 	fs_free_state(&fs);
+	watch_destroy(fs.resolver.watch);
 	node_table_destroy(fs.resolver.nodes);
 	cache_destroy(fs.resolver.cache);
 	fetch_destroy(fs.resolver.fetcher);
@@ -647,6 +662,7 @@ out_args:
 	free(o.token_ttl);
 	free(o.timeout);
 	free(o.retries);
+	free(o.watch);
 	fuse_opt_free_args(&args);
 	return ret;
 }

@@ -240,6 +240,30 @@ struct node *node_find(struct node_table *t, struct node *parent, const char *na
 	return n;
 }
 
+struct node *node_find_path(struct node_table *t, const char *path)
+{
+	struct node *n = t->root;
+	char name[TREE_NAME_MAX + 1];
+
+	pthread_mutex_lock(&t->lock);
+	while (n && *path) {
+		size_t len = strcspn(path, "/");
+
+		if (len > TREE_NAME_MAX) {
+			n = NULL;
+			break;
+		}
+		memcpy(name, path, len);
+		name[len] = '\0';
+		n = *name_slot(t, n, name);
+		path += len + (path[len] == '/');
+	}
+	if (n)
+		n->refs++;
+	pthread_mutex_unlock(&t->lock);
+	return n;
+}
+
 void node_put(struct node_table *t, struct node *n)
 {
 	pthread_mutex_lock(&t->lock);

@@ -114,6 +114,10 @@ void node_forget(struct node_table *table, uint64_t ino, uint64_t count);
  * into the table. */
 typedef void (*node_name_fn)(const struct node *node, void *ctx);
 
+/* The node bound at `path` ("a/b/c", from the root), with one more ref
+ * (drop it with node_put), or NULL. */
+struct node *node_find_path(struct node_table *table, const char *path);
+
 /* Unbind `node` and everything bound below it; `each` (may be NULL) hears
  * of the nodes the kernel holds. */
 void node_unbind(struct node_table *table, struct node *node, node_name_fn each, void *ctx);

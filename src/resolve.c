@@ -10,6 +10,7 @@
 #include "resolve.h"
 #include "fetch.h"
 #include "log.h"
+#include "watch.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -42,12 +43,20 @@ static int fill_body(void *ctx, struct blob **out)
 	return *out ? 0 : -ENOMEM;
 }
 
-/* The body IMDS serves at `path`, cached unless the path is volatile. */
+/* Whether the value at `path` is fetched at every open (SPEC.md's
+ * volatile paths), rather than kept: by the cache, or between polls by the
+ * watch. */
+static bool fetch_each_time(const struct resolver *r, const char *path)
+{
+	return tree_path_is_volatile(path) && !watch_serves(r->watch, path);
+}
+
+/* The body IMDS serves at `path`, cached unless fetched at every open. */
 static int get_body(struct resolver *r, const char *path, struct blob **out)
 {
 	struct body_fill f = {r, path};
 
-	return cache_get(r->cache, path, !tree_path_is_volatile(path), fill_body, &f, out);
+	return cache_get(r->cache, path, !fetch_each_time(r, path), fill_body, &f, out);
 }
 
 static void listing_destroy(void *listing)
@@ -99,10 +108,13 @@ static int get_listing(struct resolver *r, const char *path, enum tree_keys keys
 	return err ? err : parse_kept(path, keys, raw, holder, out);
 }
 
-static bool child_is_volatile(const char *dir, const char *name)
+/* Whether a miss of `name` in the cached listing at `dir` is worth reading
+ * the listing again for: the name is volatile, and the listing is not the
+ * watch's (whose last poll is the answer until the next). */
+static bool child_is_volatile(const struct resolver *r, const char *dir, const char *name)
 {
 	char *path = join(dir, name);
-	bool v = path && tree_path_is_volatile(path);
+	bool v = path && tree_path_is_volatile(path) && !watch_serves(r->watch, dir);
 
 	free(path);
 	return v;
@@ -129,15 +141,15 @@ static int find_listed(struct resolver *r, const char *dir, const char *name, en
 			return 0;
 		blob_unref(*holder);
 		*holder = NULL;
-		if (attempt > 0 || !child_is_volatile(dir, name))
+		if (attempt > 0 || !child_is_volatile(r, dir, name))
 			return -ENOENT;
 		cache_clear(r->cache, dir);
 	}
 }
 
-bool resolve_is_volatile(const struct node *n)
+bool resolve_is_volatile(const struct resolver *r, const struct node *n)
 {
-	return n->src && tree_path_is_volatile(n->src);
+	return n->src && fetch_each_time(r, n->src);
 }
 
 static bool spec_is_sensitive(const struct node_spec *spec)
@@ -236,7 +248,7 @@ static int get_formatted(struct resolver *r, const struct tree_row *row, const c
 	if (asprintf(&key, "%s#%s:%s", path, format_tag(row->format), row->field ? row->field : "") <
 	    0)
 		return -ENOMEM;
-	err = cache_get(r->cache, key, !tree_path_is_volatile(path), fill_content, &f, out);
+	err = cache_get(r->cache, key, !fetch_each_time(r, path), fill_content, &f, out);
 	free(key);
 	return err;
 }

@@ -16,11 +16,13 @@
 #include <time.h>
 
 struct fetcher;
+struct watch;
 
 struct resolver {
 	struct fetcher *fetcher;
 	struct cache *cache;
 	struct node_table *nodes;
+	struct watch *watch; /* NULL without -o watch */
 	bool hide_sensitive;
 };
 
@@ -62,6 +64,8 @@ void resolve_dirents_free(struct resolve_dirent *entries, size_t count);
  */
 void resolve_clear(struct resolver *r, const struct node *node);
 
-bool resolve_is_volatile(const struct node *node);
+/* Whether `node`'s name is looked up afresh at every open: its value is
+ * volatile, and not the watch's (which keeps it between polls). */
+bool resolve_is_volatile(const struct resolver *r, const struct node *node);
 
 #endif

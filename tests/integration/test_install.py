@@ -141,7 +141,11 @@ def test_install_puts_binary_man_page_and_unit(usr_install):
     assert os.path.isfile(unit), inst.files()
     assert read_unit(unit)[("Service", "ExecStart")] == ["/usr/bin/imdsfs " + UNIT_EXEC]
     assert not re.search(r"@\w+@", open(unit).read()), "an unsubstituted @var@"
-    assert len(inst.files()) == 3, inst.files()
+    examples = ["/usr/share/doc/imdsfs/examples/imdsfs-spot-interruption.path",
+                "/usr/share/doc/imdsfs/examples/imdsfs-spot-interruption.service"]
+    for e in examples:
+        assert os.path.isfile(inst.path(e)), inst.files()
+    assert len(inst.files()) == 3 + len(examples), inst.files()
 
 
 def test_install_without_systemd(tmp_top):
@@ -199,6 +203,25 @@ def test_unit_verifies(real_install):
     r = sh([analyze, "verify", real_install.unit], check=False,
            env={"MANPATH": os.path.join(real_install.prefix, "share", "man")}, timeout=60)
     assert r.returncode == 0 and not r.stdout.strip(), r.stdout.decode()
+
+
+def test_example_units_installed_and_verified(real_install):
+    """Issue 12: the spot interruption example units are installed as
+    documentation (share/doc/imdsfs/examples), not in the unit directory,
+    and pass `systemd-analyze verify` beside imdsfs.service."""
+    analyze = need("systemd-analyze")
+    need("man")
+    examples = os.path.join(real_install.prefix, "share", "doc", "imdsfs", "examples")
+    names = sorted(os.listdir(examples))
+    assert names == ["imdsfs-spot-interruption.path", "imdsfs-spot-interruption.service"]
+    assert sorted(os.listdir(os.path.dirname(real_install.unit))) == ["imdsfs.service"]
+    units = os.path.join(os.path.dirname(real_install.unit))
+    r = sh([analyze, "verify", *(os.path.join(examples, n) for n in names)], check=False,
+           env={"MANPATH": os.path.join(real_install.prefix, "share", "man"),
+                "SYSTEMD_UNIT_PATH": units + ":"}, timeout=60)
+    assert r.returncode == 0 and not r.stdout.strip(), r.stdout.decode()
+    path_unit = open(os.path.join(examples, names[0])).read()
+    assert "PathExists=/run/ec2/spot_instance_action" in path_unit
 
 
 def test_unit_security_exposure(real_install):

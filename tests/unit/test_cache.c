@@ -207,11 +207,86 @@ static void test_stale_marks(void)
 	cache_destroy(cache);
 }
 
+static void *fetch_fresh(void *arg)
+{
+	struct reader *r = arg;
+	struct blob *b = NULL;
+
+	r->err = cache_fetch(r->cache, "cold", fill, r->counter, &b);
+	if (!r->err) {
+		snprintf(r->got, sizeof(r->got), "%s", b->data);
+		blob_unref(b);
+	}
+	return NULL;
+}
+
+/* What the watch's poller does: cache_put keeps a value or an absence
+ * (answered without a fill), does nothing for the same bytes, and drops
+ * (stale) what it replaces; cache_fetch always fills, sharing a reader's
+ * fill under way and leaving the store alone. */
+static void test_put_and_fetch(void)
+{
+	struct cache *cache = cache_create();
+	struct counter c = {.value = "filled"};
+	struct blob *v1 = blob_new("one", 3), *same = blob_new("one", 3), *v2 = blob_new("two", 3);
+	struct blob *b = NULL, *derived = NULL;
+
+	CHECK(cache_put(cache, "k", v1));
+	CHECK_EQ_INT(cache_get(cache, "k", true, fill, &c, &b), 0);
+	CHECK(b == v1 && c.calls == 0);
+	blob_unref(b);
+	CHECK(!cache_put(cache, "k", same));
+	CHECK(!blob_is_stale(v1));
+	CHECK_EQ_INT(cache_get(cache, "k#text:", true, fill, &c, &derived), 0);
+	CHECK(cache_put(cache, "k", v2));
+	CHECK(blob_is_stale(v1) && blob_is_stale(derived) && !blob_is_stale(v2));
+	blob_unref(derived);
+	c.calls = 0;
+	CHECK(cache_put(cache, "k", NULL));
+	CHECK(blob_is_stale(v2));
+	CHECK_EQ_INT(cache_get(cache, "k", true, fill, &c, &b), -ENOENT);
+	CHECK_EQ_INT(c.calls, 0);
+	CHECK(!cache_put(cache, "k", NULL));
+	cache_clear(cache, "k");
+	CHECK_EQ_INT(cache_get(cache, "k", true, fill, &c, &b), 0);
+	CHECK_EQ_INT(c.calls, 1);
+	blob_unref(b);
+
+	/* cache_fetch of a stored key fills afresh, and keeps nothing. */
+	c.value = "fresh";
+	CHECK_EQ_INT(cache_fetch(cache, "k", fill, &c, &b), 0);
+	CHECK(strcmp(b->data, "fresh") == 0 && c.calls == 2);
+	blob_unref(b);
+	CHECK_EQ_INT(cache_get(cache, "k", true, fill, &c, &b), 0);
+	CHECK(strcmp(b->data, "filled") == 0 && c.calls == 2);
+	blob_unref(b);
+
+	/* ... and shares a reader's fill under way. */
+	struct reader reader = {.cache = cache, .counter = &c, .store = true};
+	struct reader poller = {.cache = cache, .counter = &c};
+	c.calls = 0;
+	c.delay = 200000;
+	c.value = "shared";
+	pthread_create(&reader.thread, NULL, read_one, &reader);
+	usleep(50000);
+	pthread_create(&poller.thread, NULL, fetch_fresh, &poller);
+	pthread_join(reader.thread, NULL);
+	pthread_join(poller.thread, NULL);
+	CHECK_EQ_INT(c.calls, 1);
+	CHECK(strcmp(reader.got, "shared") == 0 && strcmp(poller.got, "shared") == 0);
+
+	blob_unref(v1);
+	blob_unref(same);
+	blob_unref(v2);
+	cache_destroy(cache);
+}
+
 int main(void)
 {
 	test_hits_and_clear();
 	test_single_flight();
 	test_clear_during_fill();
 	test_stale_marks();
+	test_put_and_fetch();
 	return check_done("test_cache");
 }

@@ -1,0 +1,526 @@
+/*
+ * watch: the poller. Each round it fetches every polled key (through the
+ * cache, so a reader fetching the same key at the same time shares the
+ * request), works out which watched names appeared, changed or went, makes
+ * the kernel show it to file watchers (kernel_wake_watchers: a real
+ * operation on the mount, done by this thread), and keeps the new values in
+ * the cache (cache_put), where readers find them until the next round.
+ *
+ * The order of a round is what makes each watcher see its event on the
+ * right inode: first the names that went (removed while the kernel still
+ * finds them, leaves first), then the ones that changed (touched on the
+ * inode the watcher holds, then that inode dropped, so that a watcher of
+ * the file sees it go and can watch the new one), then the ones that
+ * appeared (created: the kernel must not find them yet; the MKNOD or
+ * MKDIR handler keeps the new values before it answers, so that the name
+ * shows them), then the values are kept (if no creation did it).
+ *
+ * A failed fetch is no change: its key keeps its last value, and no name
+ * that depends on it has an event that round.
+ */
+#include "watch.h"
+#include "cache.h"
+#include "fetch.h"
+#include "kernel.h"
+#include "log.h"
+#include "resolve.h"
+#include "tree.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+/* What the poller asks IMDS every round: the values that announce events,
+ * and the listings that say whether the raw/ names of two of them exist. */
+static const char *const polled[] = {
+	"meta-data/spot/instance-action",
+	"meta-data/instance-action",
+	"meta-data/autoscaling/target-lifecycle-state",
+	"meta-data/events/",
+	"meta-data/events/recommendations/",
+	"meta-data/events/recommendations/rebalance",
+	"meta-data/events/maintenance/",
+	"meta-data/events/maintenance/scheduled",
+};
+#define POLLED (sizeof(polled) / sizeof(polled[0]))
+
+/*
+ * The names watchers see (SPEC.md's table, and the names the raw/ ones
+ * live in): one is there when its listing (if any) names it and its source
+ * (if any) answers; it changed when its source's bytes did. `reported`
+ * names get a log line.
+ */
+/* clang-format off */
+static const struct watched {
+	const char *path;    /* in the mount */
+	bool is_dir;
+	const char *source;  /* polled key whose value it shows, or NULL */
+	const char *listing; /* polled listing that must name it, or NULL */
+	bool reported;
+} watched[] = {
+/*	 path                                              dir    source                                          listing                                 reported */
+	{"spot_instance_action",                           true,  "meta-data/spot/instance-action",               NULL,                                   true},
+	{"spot_instance_action/action",                    false, "meta-data/spot/instance-action",               NULL,                                   false},
+	{"spot_instance_action/time",                      false, "meta-data/spot/instance-action",               NULL,                                   false},
+	{"instance_action",                                false, "meta-data/instance-action",                    NULL,                                   true},
+	{"autoscaling_target_lifecycle_state",             false, "meta-data/autoscaling/target-lifecycle-state", NULL,                                   true},
+	{"raw/meta-data/events/recommendations",           true,  NULL,                                           "meta-data/events/",                    false},
+	{"raw/meta-data/events/recommendations/rebalance", false, "meta-data/events/recommendations/rebalance",   "meta-data/events/recommendations/",    true},
+	{"raw/meta-data/events/maintenance",               true,  NULL,                                           "meta-data/events/",                    false},
+	{"raw/meta-data/events/maintenance/scheduled",     false, "meta-data/events/maintenance/scheduled",       "meta-data/events/maintenance/",        true},
+};
+/* clang-format on */
+#define WATCHED (sizeof(watched) / sizeof(watched[0]))
+
+/* What one poll found for a key. */
+struct found {
+	bool known;	    /* the fetch answered (200 or 404) */
+	struct blob *value; /* 200: the body; NULL: 404 */
+};
+
+/* A watched name as a round sees it. */
+enum name_state { NAME_UNKNOWN, NAME_ABSENT, NAME_PRESENT };
+
+struct watch {
+	unsigned int seconds;
+	struct resolver *resolver;
+	struct kernel *kernel;
+	char *mountpoint;
+	pthread_t thread;
+	bool running;
+	bool can_wake; /* the mount's root could be opened */
+
+	pthread_mutex_t lock; /* protects quit, and the round's pending values */
+	pthread_cond_t cond;
+	bool quit;
+	struct found pending[POLLED]; /* this round's, until kept */
+	bool pending_kept;
+
+	/* The poller's own (no lock). */
+	struct found last[POLLED]; /* the values of the last rounds */
+	bool failing;
+};
+
+static int key_index(const char *key)
+{
+	for (size_t i = 0; i < POLLED; i++)
+		if (strcmp(polled[i], key) == 0)
+			return (int)i;
+	return -1;
+}
+
+int watch_check_table(void)
+{
+	for (size_t i = 0; i < WATCHED; i++) {
+		const struct watched *n = &watched[i];
+		const char *slash = strrchr(n->path, '/');
+		size_t dir_len = slash ? (size_t)(slash - n->path) : 0;
+
+		if ((n->source && key_index(n->source) < 0) ||
+		    (n->listing && key_index(n->listing) < 0)) {
+			log_error("watch: %s depends on a key that is not polled", n->path);
+			return -EINVAL;
+		}
+		/* A raw/ name's listing is its directory's. */
+		if (n->listing && (strncmp(n->path, "raw/", 4) != 0 || dir_len < 4 ||
+				   strlen(n->listing) != dir_len - 4 + 1 ||
+				   strncmp(n->listing, n->path + 4, dir_len - 4) != 0)) {
+			log_error("watch: %s is not named by its listing %s", n->path, n->listing);
+			return -EINVAL;
+		}
+		for (size_t j = 0; j < i; j++) {
+			if (strcmp(watched[j].path, n->path) == 0) {
+				log_error("watch: %s appears twice", n->path);
+				return -EINVAL;
+			}
+		}
+	}
+	return 0;
+}
+
+int watch_create(unsigned int seconds, struct watch **out)
+{
+	struct watch *w = calloc(1, sizeof(*w));
+
+	*out = NULL;
+	if (!w)
+		return -ENOMEM;
+	w->seconds = seconds;
+	w->pending_kept = true;
+	pthread_mutex_init(&w->lock, NULL);
+	pthread_condattr_t attr;
+	pthread_condattr_init(&attr);
+	pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+	pthread_cond_init(&w->cond, &attr);
+	pthread_condattr_destroy(&attr);
+	*out = w;
+	return 0;
+}
+
+static void found_clear(struct found *f)
+{
+	blob_unref(f->value);
+	memset(f, 0, sizeof(*f));
+}
+
+void watch_destroy(struct watch *w)
+{
+	if (!w)
+		return;
+	watch_stop(w);
+	for (size_t i = 0; i < POLLED; i++) {
+		found_clear(&w->last[i]);
+		found_clear(&w->pending[i]);
+	}
+	pthread_mutex_destroy(&w->lock);
+	pthread_cond_destroy(&w->cond);
+	free(w->mountpoint);
+	free(w);
+}
+
+bool watch_serves(const struct watch *w, const char *path)
+{
+	return w && key_index(path) >= 0;
+}
+
+void watch_publish(struct watch *w)
+{
+	struct kernel_batch batch = {0};
+	bool changed = false;
+
+	pthread_mutex_lock(&w->lock);
+	if (w->pending_kept) {
+		pthread_mutex_unlock(&w->lock);
+		return;
+	}
+	for (size_t i = 0; i < POLLED; i++)
+		if (w->pending[i].known)
+			changed |= cache_put(w->resolver->cache, polled[i], w->pending[i].value);
+	w->pending_kept = true;
+	pthread_mutex_unlock(&w->lock);
+	if (changed) {
+		/* The names that showed the old values lead to new nodes. */
+		node_unbind_stale(w->resolver->nodes, kernel_note_name, &batch);
+		kernel_names_changed(w->kernel, &batch);
+	}
+}
+
+struct poll_fill {
+	struct watch *w;
+	const char *path;
+	char why[512];
+};
+
+static int fill_polled(void *ctx, struct blob **out)
+{
+	struct poll_fill *f = ctx;
+	char *data;
+	size_t len;
+	int err = fetch_get_quietly(f->w->resolver->fetcher, f->path, &data, &len, f->why,
+				    sizeof(f->why));
+
+	if (err)
+		return err;
+	*out = blob_new(data, len);
+	free(data);
+	return *out ? 0 : -ENOMEM;
+}
+
+/* Fetch every polled key into `now`; the first failure's reason in `why`.
+ * Returns whether every fetch answered. */
+static bool fetch_all(struct watch *w, struct found now[POLLED], char *why, size_t why_size)
+{
+	bool all = true;
+
+	why[0] = '\0';
+	for (size_t i = 0; i < POLLED; i++) {
+		struct poll_fill f = {w, polled[i], ""};
+		struct blob *b = NULL;
+		int err = cache_fetch(w->resolver->cache, polled[i], fill_polled, &f, &b);
+
+		memset(&now[i], 0, sizeof(now[i]));
+		if (err == 0 || err == -ENOENT) {
+			now[i].known = true;
+			now[i].value = b;
+			continue;
+		}
+		all = false;
+		if (!why[0])
+			snprintf(why, why_size, "%s",
+				 f.why[0] ? f.why : strerror(-err)); /* joined a reader's fetch */
+	}
+	return all;
+}
+
+static bool same_bytes(const struct blob *a, const struct blob *b)
+{
+	if (!a || !b)
+		return a == b;
+	return a->len == b->len && memcmp(a->data, b->data, a->len) == 0;
+}
+
+/* Whether the listing `body` names `name` (a directory if `is_dir`). */
+static bool names(const struct blob *body, const char *name, bool is_dir)
+{
+	struct tree_listing l;
+	const struct tree_entry *e;
+	bool found;
+
+	if (!body || tree_parse_listing(body->data, body->len, TREE_KEYS_LISTING, true, "watch",
+					&l) != 0)
+		return false;
+	e = tree_listing_find(&l, name);
+	found = e && e->is_dir == is_dir;
+	tree_listing_free(&l);
+	return found;
+}
+
+static const char *leaf(const char *path)
+{
+	const char *slash = strrchr(path, '/');
+
+	return slash ? slash + 1 : path;
+}
+
+static enum name_state state_of(const struct watched *n, const struct found keys[POLLED])
+{
+	const struct found *src = n->source ? &keys[key_index(n->source)] : NULL;
+	const struct found *list = n->listing ? &keys[key_index(n->listing)] : NULL;
+
+	if ((src && !src->known) || (list && !list->known))
+		return NAME_UNKNOWN;
+	if (list && !names(list->value, leaf(n->path), n->is_dir))
+		return NAME_ABSENT;
+	if (src && !src->value)
+		return NAME_ABSENT;
+	return NAME_PRESENT;
+}
+
+static bool changed_value(const struct watched *n, const struct found *before,
+			  const struct found *now)
+{
+	if (!n->source)
+		return false;
+	int i = key_index(n->source);
+	return !same_bytes(before[i].value, now[i].value);
+}
+
+static unsigned int depth_of(const char *path)
+{
+	unsigned int d = 0;
+
+	for (; *path; path++)
+		d += *path == '/';
+	return d;
+}
+
+/* Whether a name above `n` appeared in this round too (then its creation
+ * brings `n` along, and nobody can watch inside it yet). */
+static bool parent_appeared(const struct watched *n, const enum name_state before[WATCHED],
+			    const enum name_state now[WATCHED])
+{
+	for (size_t i = 0; i < WATCHED; i++) {
+		size_t len = strlen(watched[i].path);
+		if (&watched[i] != n && strncmp(n->path, watched[i].path, len) == 0 &&
+		    n->path[len] == '/' && before[i] == NAME_ABSENT && now[i] == NAME_PRESENT)
+			return true;
+	}
+	return false;
+}
+
+static void wake(struct watch *w, const struct watched *n, enum kernel_event event)
+{
+	int err;
+
+	if (!w->can_wake)
+		return;
+	err = kernel_wake_watchers(w->kernel, n->path, n->is_dir, event);
+	if (err == -EROFS) {
+		log_warning("watch: the mount is read-only: file watchers are not woken");
+		w->can_wake = false;
+	} else if (err) {
+		log_debug("watch: %s: %s", n->path, strerror(-err));
+	}
+}
+
+/* A changed file's old inode: dropped, so that a watcher of it sees it go
+ * (IN_DELETE_SELF) and can watch the name's new one. */
+static void drop_old_inode(struct watch *w, const struct watched *n)
+{
+	struct node *old;
+
+	if (n->is_dir || !w->can_wake)
+		return;
+	old = node_find_path(w->resolver->nodes, n->path);
+	if (!old)
+		return;
+	if (old->nlookup > 0)
+		kernel_drop_inode(w->kernel, old->parent->ino, old->ino, old->name);
+	node_put(w->resolver->nodes, old);
+}
+
+static void round_of_events(struct watch *w, const struct found now[POLLED])
+{
+	enum name_state before[WATCHED], after[WATCHED];
+	size_t order[WATCHED];
+
+	for (size_t i = 0; i < WATCHED; i++) {
+		before[i] = state_of(&watched[i], w->last);
+		after[i] = state_of(&watched[i], now);
+		order[i] = i;
+	}
+	/* Deepest first. */
+	for (size_t i = 1; i < WATCHED; i++)
+		for (size_t j = i; j > 0 && depth_of(watched[order[j]].path) >
+						 depth_of(watched[order[j - 1]].path);
+		     j--) {
+			size_t t = order[j];
+			order[j] = order[j - 1];
+			order[j - 1] = t;
+		}
+
+	for (size_t k = 0; k < WATCHED; k++) {
+		size_t i = order[k];
+		if (before[i] == NAME_PRESENT && after[i] == NAME_ABSENT) {
+			wake(w, &watched[i], KERNEL_GONE);
+			if (watched[i].reported)
+				log_info("watch: %s disappeared", watched[i].path);
+		}
+	}
+	for (size_t k = 0; k < WATCHED; k++) {
+		size_t i = order[k];
+		if (before[i] == NAME_PRESENT && after[i] == NAME_PRESENT &&
+		    changed_value(&watched[i], w->last, now)) {
+			wake(w, &watched[i], KERNEL_CHANGED);
+			drop_old_inode(w, &watched[i]);
+			if (watched[i].reported)
+				log_info("watch: %s changed", watched[i].path);
+		}
+	}
+	for (size_t k = WATCHED; k-- > 0;) {
+		size_t i = order[k];
+		if (before[i] == NAME_ABSENT && after[i] == NAME_PRESENT &&
+		    !parent_appeared(&watched[i], before, after)) {
+			wake(w, &watched[i], KERNEL_APPEARED);
+			if (watched[i].reported)
+				log_info("watch: %s appeared", watched[i].path);
+		} else if (before[i] == NAME_ABSENT && after[i] == NAME_PRESENT &&
+			   watched[i].reported) {
+			log_info("watch: %s appeared", watched[i].path);
+		}
+	}
+}
+
+static void poll_once(struct watch *w)
+{
+	struct found now[POLLED];
+	bool first = true;
+	char why[512];
+
+	if (!fetch_all(w, now, why, sizeof(why))) {
+		if (!w->failing)
+			log_warning("watch: polling IMDS fails (%s); the watched files keep their "
+				    "last values",
+				    why);
+		w->failing = true;
+	} else if (w->failing) {
+		log_info("watch: polling IMDS works again");
+		w->failing = false;
+	}
+
+	for (size_t i = 0; i < POLLED; i++)
+		first &= !w->last[i].known;
+	pthread_mutex_lock(&w->lock);
+	for (size_t i = 0; i < POLLED; i++) {
+		found_clear(&w->pending[i]);
+		w->pending[i] = now[i];
+		if (now[i].value)
+			blob_ref(now[i].value);
+	}
+	w->pending_kept = false;
+	pthread_mutex_unlock(&w->lock);
+
+	/* The first round only sets the scene: nothing changed before it. */
+	if (!first)
+		round_of_events(w, now);
+	watch_publish(w);
+
+	for (size_t i = 0; i < POLLED; i++) {
+		if (now[i].known) {
+			found_clear(&w->last[i]);
+			w->last[i] = now[i];
+		} else {
+			found_clear(&now[i]);
+		}
+	}
+}
+
+static void *poller(void *arg)
+{
+	struct watch *w = arg;
+	struct timespec next;
+	int err = kernel_events_begin(w->kernel, w->mountpoint);
+
+	w->can_wake = err == 0;
+	if (err)
+		log_warning("watch: cannot open %s (%s): file watchers are not woken",
+			    w->mountpoint, strerror(-err));
+	clock_gettime(CLOCK_MONOTONIC, &next);
+	for (;;) {
+		pthread_mutex_lock(&w->lock);
+		while (!w->quit && pthread_cond_timedwait(&w->cond, &w->lock, &next) != ETIMEDOUT)
+			;
+		bool quit = w->quit;
+		pthread_mutex_unlock(&w->lock);
+		if (quit)
+			break;
+		poll_once(w);
+		/* The next round starts SECONDS after this one did, or now if
+		 * this one took longer. */
+		next.tv_sec += w->seconds;
+		struct timespec t;
+		clock_gettime(CLOCK_MONOTONIC, &t);
+		if (t.tv_sec > next.tv_sec || (t.tv_sec == next.tv_sec && t.tv_nsec > next.tv_nsec))
+			next = t;
+	}
+	return NULL;
+}
+
+int watch_start(struct watch *w, struct resolver *r, struct kernel *k, const char *mountpoint)
+{
+	int err;
+
+	w->resolver = r;
+	w->kernel = k;
+	w->mountpoint = strdup(mountpoint);
+	if (!w->mountpoint)
+		return -ENOMEM;
+	err = pthread_create(&w->thread, NULL, poller, w);
+	if (err)
+		return -err;
+	w->running = true;
+	log_info("watch: polling the event values every %u s", w->seconds);
+	return 0;
+}
+
+void watch_quit(struct watch *w)
+{
+	if (!w)
+		return;
+	pthread_mutex_lock(&w->lock);
+	w->quit = true;
+	pthread_cond_broadcast(&w->cond);
+	pthread_mutex_unlock(&w->lock);
+}
+
+void watch_stop(struct watch *w)
+{
+	if (!w || !w->running)
+		return;
+	watch_quit(w);
+	pthread_join(w->thread, NULL);
+	w->running = false;
+}
