@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -393,6 +394,32 @@ def imdsfs_pids(marker):
                 any(marker.encode() in a for a in argv[1:]):
             pids.append(int(d))
     return pids
+
+
+def run_threads(n, fn, timeout, at_once=False):
+    """fn(i) in n threads (released together through a barrier when
+    `at_once`); their results, an exception where fn raised. Fails, never
+    hangs, when a thread is still blocked after `timeout` seconds."""
+    barrier = threading.Barrier(n, timeout=timeout) if at_once else None
+    results = [None] * n
+
+    def worker(i):
+        try:
+            if barrier:
+                barrier.wait()
+            results[i] = fn(i)
+        except BaseException as e:  # reported by the caller
+            results[i] = e
+
+    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(n)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + timeout
+    for t in threads:
+        t.join(max(0.0, deadline - time.monotonic()))
+    stuck = sum(t.is_alive() for t in threads)
+    assert stuck == 0, "%d of %d threads still blocked after %ss" % (stuck, n, timeout)
+    return results
 
 
 def read_fd(fd, chunk=65536):

@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from conftest import load_instance, read_errno, read_fd
+from conftest import load_instance, read_errno, read_fd, run_threads
 
 AEMM_MAC = "0e:49:61:0f:c3:11"
 RICH_ROLE = "web-app-role"
@@ -128,27 +128,10 @@ def run(args, timeout=30):
 def together(n, fn, timeout=20):
     """Run fn(i) in n threads released at once; the results in order.
     Fails (never hangs) when a thread errs or is still blocked at timeout."""
-    barrier = threading.Barrier(n, timeout=timeout)
-    results = [None] * n
-
-    def worker(i):
-        try:
-            barrier.wait()
-            results[i] = ("ok", fn(i))
-        except BaseException as e:  # reported below
-            results[i] = ("error", e)
-
-    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(n)]
-    for t in threads:
-        t.start()
-    deadline = time.monotonic() + timeout
-    for t in threads:
-        t.join(max(0.0, deadline - time.monotonic()))
-    stuck = sum(t.is_alive() for t in threads)
-    assert stuck == 0, "%d of %d threads still blocked after %ss" % (stuck, n, timeout)
-    errors = [(i, r) for i, r in enumerate(results) if r is None or r[0] != "ok"]
+    results = run_threads(n, fn, timeout, at_once=True)
+    errors = [(i, r) for i, r in enumerate(results) if isinstance(r, BaseException)]
     assert not errors, "threads failed: %r" % errors[:5]
-    return [r[1] for r in results]
+    return results
 
 
 def sighup(mnt):

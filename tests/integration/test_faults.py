@@ -30,7 +30,7 @@ import time
 
 import pytest
 
-from conftest import load_instance, read_errno, read_fd
+from conftest import load_instance, read_errno, read_fd, run_threads
 
 DOC = "dynamic/instance-identity/document"
 IAM = "meta-data/iam/info"
@@ -767,27 +767,6 @@ def test_connection_refused_then_back(start_mock, mount_fs, gate):
 
 
 # --- a slow fetch never blocks others --------------------------------------
-
-def run_threads(n, fn, timeout):
-    """fn(i) in n threads; [(result or exception)]; fails if any is stuck."""
-    results = [None] * n
-
-    def worker(i):
-        try:
-            results[i] = fn(i)
-        except BaseException as e:  # reported by the caller
-            results[i] = e
-
-    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(n)]
-    for t in threads:
-        t.start()
-    deadline = time.monotonic() + timeout
-    for t in threads:
-        t.join(max(0.0, deadline - time.monotonic()))
-    stuck = sum(t.is_alive() for t in threads)
-    assert stuck == 0, "%d of %d threads still blocked after %ss" % (stuck, n, timeout)
-    return results
-
 
 def cached_reader(mnt, rounds=5):
     """A thread's work: read every cached value and list the cached

@@ -26,7 +26,7 @@ import time
 
 import pytest
 
-from conftest import load_instance, read_fd
+from conftest import load_instance, read_fd, run_threads
 from test_cache import sighup, slurp
 
 WATCHDOG_S = 120
@@ -311,28 +311,6 @@ def test_cwd_inside_the_removed_directory_is_empty(start_mock, mnt):
 
 # --- many readers ---------------------------------------------------------------
 
-def run_together(n, fn, timeout=60):
-    """fn(i) in n threads released at once; the results (or exceptions)."""
-    barrier = threading.Barrier(n, timeout=timeout)
-    results = [None] * n
-
-    def worker(i):
-        try:
-            barrier.wait()
-            results[i] = fn(i)
-        except BaseException as e:  # reported by the caller
-            results[i] = e
-
-    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(n)]
-    for t in threads:
-        t.start()
-    deadline = time.monotonic() + timeout
-    for t in threads:
-        t.join(max(0.0, deadline - time.monotonic()))
-    assert not any(t.is_alive() for t in threads), "readers still blocked after %ss" % timeout
-    return results
-
-
 def test_thousand_volatile_readers_share_requests(start_mock, mnt):
     """1,000 readers of instance_action at once, IMDS answering in 2 s:
     they share the request in flight. The kernel itself lets one of them
@@ -349,7 +327,7 @@ def test_thousand_volatile_readers_share_requests(start_mock, mnt):
     mock.fault(path=src, delay_ms=2000)
     mock.reset_counts()
     t0 = time.monotonic()
-    results = run_together(1000, lambda i: slurp(p))
+    results = run_threads(1000, lambda i: slurp(p), 60, at_once=True)
     took = time.monotonic() - t0
     bad = [r for r in results if r != want]
     assert not bad, bad[:3]
@@ -375,12 +353,13 @@ def test_burst_leaves_no_fds_or_threads(start_mock, mnt):
     names = m.listdir("tags")
     # Two requests at once (IMDS slow): the daemon's steady state.
     mock.fault(path="meta-data/tags/instance/*", delay_ms=200)
-    run_together(2, lambda i: slurp(m.p("tags", "t%03d" % (98 + i))))
+    run_threads(2, lambda i: slurp(m.p("tags", "t%03d" % (98 + i))), 60, at_once=True)
     time.sleep(0.5)
     before = counts(pid)
     mock.fault(path="meta-data/instance-action", delay_ms=200)
-    results = run_together(1000, lambda i: slurp(
-        m.p("tags", names[i % len(names)]) if i % 2 else m.p("instance_action")))
+    results = run_threads(1000, lambda i: slurp(
+        m.p("tags", names[i % len(names)]) if i % 2 else m.p("instance_action")), 60,
+        at_once=True)
     assert not [r for r in results if isinstance(r, BaseException)]
     mock.clear_faults()
     # Idle worker threads exit as they finish their last request; idle
