@@ -24,6 +24,7 @@ struct entry {
 	bool filling;
 	bool detached;	     /* no longer in the table */
 	bool cleared;	     /* detached by a clear: its value is stale */
+	bool pinned;	     /* the watch's (cache_put): no clear removes it */
 	unsigned int holders; /* threads waiting for, or reading, a detached entry */
 };
 
@@ -284,8 +285,8 @@ static bool is_derived_from(const char *key, const char *base, size_t base_len)
 	return strncmp(key, base, base_len) == 0 && (key[base_len] == '\0' || key[base_len] == '#');
 }
 
-/* Under the lock. */
-static void clear_matching_locked(struct cache *c, const char *what, bool prefix)
+/* Under the lock. Pinned entries stay unless `pinned_too`. */
+static void clear_matching_locked(struct cache *c, const char *what, bool prefix, bool pinned_too)
 {
 	size_t len = strlen(what);
 
@@ -293,8 +294,9 @@ static void clear_matching_locked(struct cache *c, const char *what, bool prefix
 		struct entry **slot = &c->buckets[i];
 		while (*slot) {
 			const char *k = (*slot)->key;
-			bool match = prefix ? strncmp(k, what, len) == 0
-					    : is_derived_from(k, what, len);
+			bool match = (prefix ? strncmp(k, what, len) == 0
+					     : is_derived_from(k, what, len)) &&
+				     (pinned_too || !(*slot)->pinned);
 			if (match) {
 				struct entry *e = *slot;
 
@@ -311,7 +313,7 @@ static void clear_matching_locked(struct cache *c, const char *what, bool prefix
 static void clear_matching(struct cache *c, const char *what, bool prefix)
 {
 	pthread_mutex_lock(&c->lock);
-	clear_matching_locked(c, what, prefix);
+	clear_matching_locked(c, what, prefix, false);
 	pthread_mutex_unlock(&c->lock);
 }
 
@@ -348,13 +350,14 @@ bool cache_put(struct cache *c, const char *key, struct blob *value)
 	if (!e || !(e->key = strdup(key))) {
 		/* Out of memory: what was held goes, so readers ask IMDS. */
 		free(e);
-		clear_matching_locked(c, key, false);
+		clear_matching_locked(c, key, false, true);
 		changed = true;
 		goto out;
 	}
-	clear_matching_locked(c, key, false);
+	clear_matching_locked(c, key, false, true);
 	e->value = value ? blob_ref(value) : NULL;
 	e->err = value ? 0 : -ENOENT;
+	e->pinned = true;
 	slot = slot_of(c, key);
 	*slot = e;
 	c->count++;
@@ -380,7 +383,9 @@ void cache_destroy(struct cache *c)
 {
 	if (!c)
 		return;
-	cache_clear_prefix(c, "");
+	pthread_mutex_lock(&c->lock);
+	clear_matching_locked(c, "", true, true);
+	pthread_mutex_unlock(&c->lock);
 	free(c->buckets);
 	pthread_mutex_destroy(&c->lock);
 	pthread_cond_destroy(&c->filled);

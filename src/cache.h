@@ -94,14 +94,17 @@ int cache_fetch(struct cache *cache, const char *key, cache_fill_fn fill, void *
 /*
  * Keep what the watch's poller found for `key`: `value`, or (NULL) that
  * IMDS has nothing there, which cache_get() then answers with -ENOENT until
- * a clear or another put. When the cache holds the same already, does
- * nothing and returns false; otherwise drops what it held for `key` and
- * what is derived from it (stale, as a clear does) and returns true.
+ * another put. No clear removes it (the next poll is its freshness, and the
+ * poller's events rest on it); what is derived from it is cleared as
+ * usual. When the cache holds the same already, does nothing and returns
+ * false; otherwise drops what it held for `key` and what is derived from it
+ * (stale, as a clear does) and returns true.
  */
 bool cache_put(struct cache *cache, const char *key, struct blob *value);
 
 /* Drop `key` and every "key#..." derived from it, and mark their values
- * stale; a fill under way for one of them makes a stale value. */
+ * stale; a fill under way for one of them makes a stale value. What
+ * cache_put() kept stays. */
 void cache_clear(struct cache *cache, const char *key);
 /* Drop every key that starts with `prefix` ("" drops everything), as
  * cache_clear() does. */

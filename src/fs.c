@@ -103,14 +103,9 @@ int fs_use_session_io(struct imdsfs *fs)
 	return fuse_session_custom_io(fs->session, &io, fuse_session_fd(fs->session));
 }
 
-void fs_request_reload(int reload_fd)
+void fs_request_reload(struct imdsfs *fs)
 {
-	kernel_request_reload(reload_fd);
-}
-
-int fs_reload_fd(const struct imdsfs *fs)
-{
-	return kernel_reload_fd(fs->kernel);
+	kernel_request_reload(fs->kernel);
 }
 
 int fs_init_state(struct imdsfs *fs)
@@ -126,6 +121,18 @@ void fs_free_state(struct imdsfs *fs)
 {
 	kernel_destroy(fs->kernel);
 	fs->kernel = NULL;
+}
+
+/* Whether directory `ino` has a LOOKUP being answered (kernel.c). */
+static bool directory_busy(uint64_t ino, void *ctx)
+{
+	struct imdsfs *fs = ctx;
+	struct node *dir = node_get(fs->resolver.nodes, ino);
+	bool busy = dir && atomic_load(&dir->lookups) > 0;
+
+	if (dir)
+		node_put(fs->resolver.nodes, dir);
+	return busy;
 }
 
 static void imdsfs_init(void *userdata, struct fuse_conn_info *conn)
@@ -148,14 +155,18 @@ static void imdsfs_init(void *userdata, struct fuse_conn_info *conn)
 		conn->want |= FUSE_CAP_PARALLEL_DIROPS;
 	fs->no_open = (conn->capable & FUSE_CAP_NO_OPEN_SUPPORT) != 0;
 
-	err = kernel_start(fs->kernel, fs->session, reload, fs);
+	err = kernel_start(fs->kernel, fs->session, reload, directory_busy, fs);
 	if (err)
 		log_error("cannot start the notifier thread: %s; rm and SIGHUP will not reach "
 			  "the kernel's caches",
 			  strerror(-err));
 	if (fs->resolver.watch &&
-	    (err = watch_start(fs->resolver.watch, &fs->resolver, fs->kernel, fs->mountpoint)))
+	    (err = watch_start(fs->resolver.watch, &fs->resolver, fs->kernel, fs->mountpoint))) {
+		/* Without a poller the watched values are volatile again. */
 		log_error("cannot start the watch: %s; nothing is polled", strerror(-err));
+		watch_destroy(fs->resolver.watch);
+		fs->resolver.watch = NULL;
+	}
 
 	if (fs->ready_fd >= 0) {
 		/* The mount answers requests now: let the parent exit 0. */
@@ -242,23 +253,29 @@ static void reply_lookup(fuse_req_t req, struct node *dir, const char *name)
 		kernel_drop_name_later(fs->kernel, dir->ino, name);
 }
 
-static void imdsfs_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
-{
-	struct node_table *nodes = nodes_of(req);
-	struct node *dir = get_node(req, parent);
-
-	if (!dir)
-		return;
-	trace("LOOKUP", dir, name);
-	reply_lookup(req, dir, name);
-	node_put(nodes, dir);
-}
-
 /* Whether `req` is one of the watch's operations on the mount, which wake
  * file watchers (kernel.c, K10): accepted from that thread only. */
 static bool from_watch(fuse_req_t req)
 {
 	return kernel_is_events_request(fs_of(req)->kernel, fuse_req_ctx(req)->pid);
+}
+
+static void imdsfs_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	struct imdsfs *fs = fs_of(req);
+	struct node *dir = get_node(req, parent);
+
+	if (!dir)
+		return;
+	trace("LOOKUP", dir, name);
+	atomic_fetch_add(&dir->lookups, 1);
+	if (from_watch(req) && watch_hides(fs->resolver.watch, dir, name))
+		fuse_reply_err(req, ENOENT); /* about to be created (watch.c) */
+	else
+		reply_lookup(req, dir, name);
+	if (atomic_fetch_sub(&dir->lookups, 1) == 1)
+		kernel_directory_idle(fs->kernel);
+	node_put(fs->resolver.nodes, dir);
 }
 
 static void imdsfs_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup)
@@ -526,10 +543,9 @@ static void reply_erofs_entry(fuse_req_t req)
 	fuse_reply_err(req, EROFS);
 }
 
-/* Refused (EROFS), but for the watch's creation of a name that appeared:
- * the watch keeps the values it polled, and the name is answered as a
- * lookup would be, so that the kernel tells watchers of the directory
- * (IN_CREATE). */
+/* Refused (EROFS), but for the watch's creation of a name that appeared
+ * (its new value is kept already): answered as a lookup would be, so that
+ * the kernel tells watchers of the directory (IN_CREATE). */
 static void create_entry(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
 	struct imdsfs *fs = fs_of(req);
@@ -543,7 +559,6 @@ static void create_entry(fuse_req_t req, fuse_ino_t parent, const char *name)
 	if (!dir)
 		return;
 	trace("CREATE", dir, name);
-	watch_publish(fs->resolver.watch);
 	reply_lookup(req, dir, name);
 	node_put(fs->resolver.nodes, dir);
 }

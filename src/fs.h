@@ -50,11 +50,9 @@ void fs_free_state(struct imdsfs *fs);
 void fs_stop(struct imdsfs *fs);
 
 /*
- * Ask for every cache and the token to be cleared (SIGHUP). Only writes one
- * byte to a pipe, so it is safe in a signal handler; pass the fd from
- * fs_reload_fd().
+ * Ask for every cache and the token to be cleared (SIGHUP). Only sets a
+ * flag and writes one byte to a pipe, so it is safe in a signal handler.
  */
-void fs_request_reload(int reload_fd);
-int fs_reload_fd(const struct imdsfs *fs);
+void fs_request_reload(struct imdsfs *fs);
 
 #endif

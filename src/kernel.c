@@ -155,16 +155,19 @@
  *     request's pid is the calling thread's id (measured), and from anyone
  *     else they stay EROFS. Each takes the locks any such operation takes
  *     (its directory's): it may wait behind a request being answered, but
- *     no request waits for it and the handlers it reaches answer at once
- *     from what the poll found, so it cannot deadlock; at exit
+ *     no request waits for it, and the handlers it reaches answer from the
+ *     cache (the lookups of the directories on its path may ask IMDS,
+ *     bounded like any lookup), so it cannot deadlock; at exit
  *     kernel_sever() ends one the session loop can no longer answer. The
- *     kernel makes IN_CREATE only for a name it looked up and did not find,
- *     so a name is created before the poll's values are kept (the MKNOD
- *     handler keeps them, then answers the new node); IN_ATTRIB must reach
- *     the inode a watcher holds, so a changed name is touched before its
- *     new value is kept, and its old inode then dropped with notify_delete
- *     (IN_DELETE_SELF), so that its watcher can watch the name's new one.
- *     All versions. Pinned: test_inotify_events; test_watch.py.
+ *     kernel makes IN_CREATE only for a name it looked up and did not
+ *     find: a name that appeared is created after the poll's values are
+ *     kept, while the poller's own lookups of it find nothing
+ *     (watch_hides). IN_ATTRIB must reach the inode a watcher holds: a
+ *     changed name is touched before its new value is kept, and its old
+ *     inode dropped after, with notify_delete (IN_DELETE_SELF), so that its
+ *     watcher can watch the name's new one. A name that went is removed
+ *     while the kernel still finds it. All versions. Pinned:
+ *     test_inotify_events; test_watch.py.
  *
  * What we left out, and why:
  * - ESTALE from GETATTR for a superseded inode (the earlier design): it
@@ -195,6 +198,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
@@ -211,20 +215,19 @@ struct notify_header {
 	uint64_t unique;
 };
 
-#define WAKE_NOTICES 'n'
-#define WAKE_RELOAD  'h'
-#define WAKE_QUIT    'q'
 
 struct kernel_notice {
 	struct kernel_notice *next;
 	uint64_t parent;
+	bool optional; /* a volatile name's drop (K3): waits while its directory is busy */
 	char name[]; /* NUL-terminated */
 };
 
 struct kernel {
 	struct fuse_session *session;
 	bool has_epoch;
-	int wake[2]; /* to the notifier thread: WAKE_* bytes */
+	int wake[2]; /* wakes the notifier thread; what for is in the flags */
+	atomic_bool quit, reload_wanted;
 	pthread_t notifier;
 	bool running;
 	void (*reload)(void *ctx);
@@ -233,10 +236,13 @@ struct kernel {
 	pthread_mutex_t lock; /* protects the queue */
 	struct kernel_notice *queue;
 	struct kernel_notice **queue_tail;
+	atomic_uint deferred; /* optional notices kept for an idle directory */
+	bool (*busy)(uint64_t dir, void *ctx);
+	void *busy_ctx;
 
 	/* K9: the INIT request, seen by kernel_read and answered through
 	 * kernel_writev, both on the one thread that handles INIT. */
-	bool init_answered;
+	atomic_bool init_answered; /* read by every request's read and reply */
 	uint64_t init_unique;
 	uint32_t init_offered; /* the kernel's flags */
 
@@ -249,9 +255,11 @@ struct kernel {
 	dev_t dev;
 };
 
-static void wake(int fd, char what)
+/* One byte: the pipe is only a wake-up (a full one has woken enough). */
+static void wake(int fd)
 {
-	ssize_t ignored = write(fd, &what, 1);
+	char byte = 1;
+	ssize_t ignored = write(fd, &byte, 1);
 	(void)ignored;
 }
 
@@ -309,6 +317,7 @@ static struct kernel_notice *new_notice(uint64_t parent, const char *name)
 		return NULL;
 	n->next = NULL;
 	n->parent = parent;
+	n->optional = false;
 	memcpy(n->name, name, len + 1);
 	return n;
 }
@@ -342,8 +351,8 @@ static int bump_epoch(struct kernel *k)
 	return n < 0 ? -errno : -EIO;
 }
 
-/* Queue notices for the notifier thread, each name once. */
-static void enqueue(struct kernel *k, struct kernel_notice *list)
+/* Queue notices for the notifier thread, each name once (no wake-up). */
+static void enqueue_quietly(struct kernel *k, struct kernel_notice *list)
 {
 	pthread_mutex_lock(&k->lock);
 	while (list) {
@@ -361,7 +370,13 @@ static void enqueue(struct kernel *k, struct kernel_notice *list)
 		k->queue_tail = &n->next;
 	}
 	pthread_mutex_unlock(&k->lock);
-	wake(k->wake[1], WAKE_NOTICES);
+}
+
+/* Queue notices and wake the notifier thread. */
+static void enqueue(struct kernel *k, struct kernel_notice *list)
+{
+	enqueue_quietly(k, list);
+	wake(k->wake[1]);
 }
 
 void kernel_names_changed(struct kernel *k, struct kernel_batch *batch)
@@ -390,14 +405,31 @@ void kernel_drop_name_later(struct kernel *k, uint64_t parent, const char *name)
 {
 	struct kernel_notice *n = new_notice(parent, name);
 
-	if (n)
-		enqueue(k, n);
+	if (!n)
+		return;
+	n->optional = true;
+	enqueue(k, n);
 }
 
-/* Send what is queued (K4: from this thread only). */
+void kernel_directory_idle(struct kernel *k)
+{
+	if (atomic_load(&k->deferred) > 0)
+		wake(k->wake[1]);
+}
+
+/*
+ * Send what is queued (K4: from this thread only). A notice waits for the
+ * directory's lock, and while it waits, new lookups in that directory wait
+ * behind it (an rwsem lets no reader pass a waiting writer): behind a
+ * lookup that waits on a slow IMDS, that would hold up every fresh lookup
+ * of the directory, which K9 exists to avoid. So a volatile name's drop,
+ * which only saves a fetch, is kept while the directory has a lookup being
+ * answered, until kernel_directory_idle() says it has none.
+ */
 static void send_notices(struct kernel *k)
 {
-	struct kernel_notice *list;
+	struct kernel_notice *list, *kept = NULL, **kept_tail = &kept;
+	unsigned int nkept = 0;
 
 	pthread_mutex_lock(&k->lock);
 	list = k->queue;
@@ -405,14 +437,28 @@ static void send_notices(struct kernel *k)
 	k->queue_tail = &k->queue;
 	pthread_mutex_unlock(&k->lock);
 
-	for (struct kernel_notice *n = list; n; n = n->next) {
-		int err = fuse_lowlevel_notify_inval_entry(k->session, n->parent, n->name,
-							   strlen(n->name));
+	while (list) {
+		struct kernel_notice *n = list;
+		int err;
+
+		list = n->next;
+		n->next = NULL;
+		if (n->optional && k->busy && k->busy(n->parent, k->busy_ctx)) {
+			*kept_tail = n;
+			kept_tail = &n->next;
+			nkept++;
+			continue;
+		}
+		err = fuse_lowlevel_notify_inval_entry(k->session, n->parent, n->name,
+						       strlen(n->name));
 		/* -ENOENT: the kernel holds no such name (any more). */
 		if (err && err != -ENOENT)
 			log_debug("dropping the kernel's name %s: %s", n->name, strerror(-err));
+		free(n);
 	}
-	free_notices(list);
+	atomic_store(&k->deferred, nkept);
+	if (kept)
+		enqueue_quietly(k, kept);
 }
 
 static void *notifier(void *arg)
@@ -421,21 +467,18 @@ static void *notifier(void *arg)
 	struct pollfd p = {.fd = k->wake[0], .events = POLLIN};
 
 	for (;;) {
-		char what[64];
-		ssize_t n;
+		char drain[256];
+		bool reloaded = false;
 
 		if (poll(&p, 1, -1) < 0 && errno != EINTR)
 			break;
-		bool reloaded = false;
-
-		n = read(k->wake[0], what, sizeof(what));
-		for (ssize_t i = 0; i < n; i++) {
-			if (what[i] == WAKE_QUIT)
-				return NULL;
-			if (what[i] == WAKE_RELOAD && k->reload) {
-				k->reload(k->reload_ctx);
-				reloaded = true;
-			}
+		while (read(k->wake[0], drain, sizeof(drain)) > 0)
+			;
+		if (atomic_load(&k->quit))
+			return NULL;
+		if (atomic_exchange(&k->reload_wanted, false) && k->reload) {
+			k->reload(k->reload_ctx);
+			reloaded = true;
 		}
 		send_notices(k);
 		if (reloaded)
@@ -445,13 +488,15 @@ static void *notifier(void *arg)
 }
 
 int kernel_start(struct kernel *k, struct fuse_session *se, void (*reload)(void *ctx),
-		 void *reload_ctx)
+		 bool (*busy)(uint64_t dir, void *ctx), void *ctx)
 {
 	int err;
 
 	k->session = se;
 	k->reload = reload;
-	k->reload_ctx = reload_ctx;
+	k->reload_ctx = ctx;
+	k->busy = busy;
+	k->busy_ctx = ctx;
 	/* Nothing is cached yet, so a first increment changes nothing.
 	 * IMDSFS_EPOCH=0 makes a kernel that has it behave as one without, so
 	 * that tests reach the other path. */
@@ -475,7 +520,8 @@ void kernel_stop(struct kernel *k)
 {
 	if (!k->running)
 		return;
-	wake(k->wake[1], WAKE_QUIT);
+	atomic_store(&k->quit, true);
+	wake(k->wake[1]);
 	pthread_join(k->notifier, NULL);
 	k->running = false;
 }
@@ -554,7 +600,10 @@ ssize_t kernel_read(struct kernel *k, int fd, void *buf, size_t len)
 	ssize_t n = read(fd, buf, len);
 	const struct fuse_in_header *in = buf;
 
-	if (!k->init_answered && n >= (ssize_t)(sizeof(*in) + sizeof(struct fuse_init_in)) &&
+	/* Kernels before 5.17 (protocol < 7.36) send the 16-byte INIT of
+	 * old, without flags2: the flags are what matters. */
+	if (!atomic_load(&k->init_answered) &&
+	    n >= (ssize_t)(sizeof(*in) + offsetof(struct fuse_init_in, flags) + 4) &&
 	    in->opcode == FUSE_INIT) {
 		const struct fuse_init_in *init = (const void *)(in + 1);
 
@@ -569,13 +618,13 @@ ssize_t kernel_writev(struct kernel *k, int fd, struct iovec *iov, int count)
 	const struct fuse_out_header *out = count == 2 ? iov[0].iov_base : NULL;
 	struct fuse_init_out init;
 
-	if (k->init_answered || !out || iov[0].iov_len != sizeof(*out) || out->error != 0 ||
+	if (atomic_load(&k->init_answered) || !out || iov[0].iov_len != sizeof(*out) || out->error != 0 ||
 	    out->unique != k->init_unique || k->init_unique == 0 ||
 	    iov[1].iov_len > sizeof(init) || iov[1].iov_len < offsetof(struct fuse_init_out, flags) + 4)
 		return writev(fd, iov, count);
 
 	/* The INIT reply: what libfuse wrote, and the flag it forgets. */
-	k->init_answered = true;
+	atomic_store(&k->init_answered, true);
 	memset(&init, 0, sizeof(init));
 	memcpy(&init, iov[1].iov_base, iov[1].iov_len);
 	if (k->init_offered & FUSE_PARALLEL_DIROPS)
@@ -584,12 +633,9 @@ ssize_t kernel_writev(struct kernel *k, int fd, struct iovec *iov, int count)
 	return writev(fd, patched, 2);
 }
 
-void kernel_request_reload(int reload_fd)
+void kernel_request_reload(struct kernel *k)
 {
-	wake(reload_fd, WAKE_RELOAD);
-}
-
-int kernel_reload_fd(const struct kernel *k)
-{
-	return k->wake[1];
+	/* Both async-signal-safe. */
+	atomic_store(&k->reload_wanted, true);
+	wake(k->wake[1]);
 }

@@ -39,10 +39,12 @@ void kernel_destroy(struct kernel *k);
  * Start telling the kernel (from FUSE's init, once the session answers):
  * finds out whether the kernel takes FUSE_NOTIFY_INC_EPOCH, and starts the
  * notifier thread, which sends the notices that take directory locks and
- * runs `reload` (SIGHUP) when asked. Returns 0 or -errno.
+ * runs `reload` (SIGHUP) when asked. `busy` says whether directory `dir`
+ * has a lookup being answered (see kernel_drop_name_later); both get `ctx`.
+ * Returns 0 or -errno.
  */
 int kernel_start(struct kernel *k, struct fuse_session *se, void (*reload)(void *ctx),
-		 void *reload_ctx);
+		 bool (*busy)(uint64_t dir, void *ctx), void *ctx);
 /* Stop the notifier thread (idempotent): before unmounting. */
 void kernel_stop(struct kernel *k);
 
@@ -64,8 +66,11 @@ void kernel_names_changed(struct kernel *k, struct kernel_batch *batch);
 
 /* Drop the kernel's name `name` in directory `parent` soon, from the
  * notifier thread: a volatile name, right after a lookup answered it, so
- * that the next path walk asks afresh rather than revalidating it. */
+ * that the next path walk asks afresh rather than revalidating it. Waits
+ * while the directory is busy (kernel.c, send_notices): call
+ * kernel_directory_idle() when a directory's last lookup is answered. */
 void kernel_drop_name_later(struct kernel *k, uint64_t parent, const char *name);
+void kernel_directory_idle(struct kernel *k);
 
 /* After the session loop ended: end every request still in flight, so
  * that no thread stays blocked on the mount (the notifier's notices, the
@@ -99,9 +104,8 @@ int kernel_drop_inode(struct kernel *k, uint64_t parent, uint64_t child, const c
 ssize_t kernel_read(struct kernel *k, int fd, void *buf, size_t len);
 ssize_t kernel_writev(struct kernel *k, int fd, struct iovec *iov, int count);
 
-/* Ask the notifier thread to run the reload callback (SIGHUP). Only writes
- * one byte to a pipe: safe in a signal handler; pass kernel_reload_fd(). */
-void kernel_request_reload(int reload_fd);
-int kernel_reload_fd(const struct kernel *k);
+/* Ask the notifier thread to run the reload callback (SIGHUP). Only sets a
+ * flag and writes one byte to a pipe: safe in a signal handler. */
+void kernel_request_reload(struct kernel *k);
 
 #endif

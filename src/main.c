@@ -494,12 +494,13 @@ static int daemonize(struct imdsfs *fs, const char *mountpoint)
 	return 0;
 }
 
-static int reload_fd = -1;
+/* The signal handler's only way to the daemon's state. */
+static struct imdsfs *reload_target;
 
 static void on_sighup(int sig)
 {
 	(void)sig;
-	fs_request_reload(reload_fd);
+	fs_request_reload(reload_target);
 }
 
 int main(int argc, char *argv[])
@@ -588,7 +589,7 @@ int main(int argc, char *argv[])
 	if (fuse_set_signal_handlers(se) != 0)
 		goto out_session;
 	/* SIGHUP clears caches instead of ending the session. */
-	reload_fd = fs_reload_fd(&fs);
+	reload_target = &fs;
 	struct sigaction hup = {.sa_handler = on_sighup, .sa_flags = SA_RESTART};
 	sigemptyset(&hup.sa_mask);
 	sigaction(SIGHUP, &hup, NULL);

@@ -337,12 +337,15 @@ static bool shows_at_least(const struct node *n, const struct blob *value)
 int node_bind(struct node_table *t, struct node *parent, const char *name,
 	      const struct node_spec *spec, struct node **out)
 {
-	bool can_bind, stale = spec->value && blob_is_stale(spec->value);
 	struct node *n = NULL;
+	bool can_bind;
 	int err = 0;
 
 	pthread_mutex_lock(&t->lock);
-	can_bind = parent->state == NODE_BOUND && !stale;
+	/* The mark is read under the lock, so that a clear and its sweep
+	 * (node_unbind_stale, which takes the lock) either come before and
+	 * are seen here, or come after and unbind what is bound here. */
+	can_bind = parent->state == NODE_BOUND && !(spec->value && blob_is_stale(spec->value));
 	if (can_bind) {
 		n = *name_slot(t, parent, name);
 		if (n && !(same_place(n, spec) && shows_at_least(n, spec->value))) {

@@ -27,6 +27,7 @@
 
 #include "tree.h"
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -49,6 +50,7 @@ struct node {
 	uint64_t stable_ino; /* st_ino: a hash of the path, the same across rm */
 	unsigned int depth;  /* directories below raw/ */
 	bool is_dir;
+	atomic_uint lookups; /* a directory's LOOKUPs being answered (fs.c) */
 
 	/* Protected by the table's lock. */
 	enum node_state state;

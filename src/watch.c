@@ -9,14 +9,20 @@
  * The order of a round is what makes each watcher see its event on the
  * right inode: first the names that went (removed while the kernel still
  * finds them, leaves first), then the ones that changed (touched on the
- * inode the watcher holds, then that inode dropped, so that a watcher of
- * the file sees it go and can watch the new one), then the ones that
- * appeared (created: the kernel must not find them yet; the MKNOD or
- * MKDIR handler keeps the new values before it answers, so that the name
- * shows them), then the values are kept (if no creation did it).
+ * inode the watcher holds); then the new values are kept, and the changed
+ * files' old inodes dropped (so that a watcher of such a file sees it go
+ * and can watch the new one); last the names that appeared are created,
+ * parents first (the kernel makes IN_CREATE only for a name it looked up
+ * and did not find: the poller's own lookups of them find nothing until
+ * they are created, see watch_hides).
  *
- * A failed fetch is no change: its key keeps its last value, and no name
- * that depends on it has an event that round.
+ * What the poller keeps is never cleared by rm or SIGHUP (cache_put): the
+ * next poll is its freshness, and the events rest on the kernel finding the
+ * last round's state until this round's operations are done.
+ *
+ * A failed fetch is no change: its key keeps its last value, and so does
+ * every key of every name that depends on it, which has no event that round
+ * (its next round then still sees what changed).
  */
 #include "watch.h"
 #include "cache.h"
@@ -91,16 +97,15 @@ struct watch {
 	char *mountpoint;
 	pthread_t thread;
 	bool running;
-	bool can_wake; /* the mount's root could be opened */
+	bool can_wake; /* the mount was found, and is not read-only */
 
-	pthread_mutex_t lock; /* protects quit, and the round's pending values */
+	pthread_mutex_t lock; /* protects the two below */
 	pthread_cond_t cond;
 	bool quit;
-	struct found pending[POLLED]; /* this round's, until kept */
-	bool pending_kept;
+	bool hidden[WATCHED]; /* being created this round (watch_hides) */
 
 	/* The poller's own (no lock). */
-	struct found last[POLLED]; /* the values of the last rounds */
+	struct found last[POLLED]; /* the values kept, as of the last rounds */
 	bool failing;
 };
 
@@ -149,7 +154,6 @@ int watch_create(unsigned int seconds, struct watch **out)
 	if (!w)
 		return -ENOMEM;
 	w->seconds = seconds;
-	w->pending_kept = true;
 	pthread_mutex_init(&w->lock, NULL);
 	pthread_condattr_t attr;
 	pthread_condattr_init(&attr);
@@ -171,10 +175,8 @@ void watch_destroy(struct watch *w)
 	if (!w)
 		return;
 	watch_stop(w);
-	for (size_t i = 0; i < POLLED; i++) {
+	for (size_t i = 0; i < POLLED; i++)
 		found_clear(&w->last[i]);
-		found_clear(&w->pending[i]);
-	}
 	pthread_mutex_destroy(&w->lock);
 	pthread_cond_destroy(&w->cond);
 	free(w->mountpoint);
@@ -186,26 +188,40 @@ bool watch_serves(const struct watch *w, const char *path)
 	return w && key_index(path) >= 0;
 }
 
-void watch_publish(struct watch *w)
+/* The path of `name` in directory `dir`, from the root, in `buf`; false
+ * when it does not fit (then it is none of the watched ones). */
+static bool path_of(const struct node *dir, const char *name, char *buf, size_t size)
 {
-	struct kernel_batch batch = {0};
-	bool changed = false;
+	size_t len = strlen(name), at;
 
+	if (len >= size)
+		return false;
+	at = size - len - 1;
+	memcpy(buf + at, name, len + 1);
+	for (const struct node *n = dir; n && n->parent; n = n->parent) {
+		size_t part = strlen(n->name);
+		if (part + 1 > at)
+			return false;
+		buf[--at] = '/';
+		at -= part;
+		memcpy(buf + at, n->name, part);
+	}
+	memmove(buf, buf + at, size - at);
+	return true;
+}
+
+bool watch_hides(struct watch *w, const struct node *dir, const char *name)
+{
+	char path[256];
+	bool hides = false;
+
+	if (!w || !path_of(dir, name, path, sizeof(path)))
+		return false;
 	pthread_mutex_lock(&w->lock);
-	if (w->pending_kept) {
-		pthread_mutex_unlock(&w->lock);
-		return;
-	}
-	for (size_t i = 0; i < POLLED; i++)
-		if (w->pending[i].known)
-			changed |= cache_put(w->resolver->cache, polled[i], w->pending[i].value);
-	w->pending_kept = true;
+	for (size_t i = 0; i < WATCHED && !hides; i++)
+		hides = w->hidden[i] && strcmp(watched[i].path, path) == 0;
 	pthread_mutex_unlock(&w->lock);
-	if (changed) {
-		/* The names that showed the old values lead to new nodes. */
-		node_unbind_stale(w->resolver->nodes, kernel_note_name, &batch);
-		kernel_names_changed(w->kernel, &batch);
-	}
+	return hides;
 }
 
 struct poll_fill {
@@ -262,20 +278,22 @@ static bool same_bytes(const struct blob *a, const struct blob *b)
 	return a->len == b->len && memcmp(a->data, b->data, a->len) == 0;
 }
 
-/* Whether the listing `body` names `name` (a directory if `is_dir`). */
-static bool names(const struct blob *body, const char *name, bool is_dir)
+/* Whether the listing `body` names `name` (a directory if `is_dir`):
+ * NAME_PRESENT or NAME_ABSENT, or NAME_UNKNOWN when it cannot be read. */
+static enum name_state listed(const struct blob *body, const char *name, bool is_dir)
 {
 	struct tree_listing l;
 	const struct tree_entry *e;
-	bool found;
+	enum name_state state;
 
-	if (!body || tree_parse_listing(body->data, body->len, TREE_KEYS_LISTING, true, "watch",
-					&l) != 0)
-		return false;
+	if (!body)
+		return NAME_ABSENT;
+	if (tree_parse_listing(body->data, body->len, TREE_KEYS_LISTING, true, "watch", &l) != 0)
+		return NAME_UNKNOWN;
 	e = tree_listing_find(&l, name);
-	found = e && e->is_dir == is_dir;
+	state = e && e->is_dir == is_dir ? NAME_PRESENT : NAME_ABSENT;
 	tree_listing_free(&l);
-	return found;
+	return state;
 }
 
 static const char *leaf(const char *path)
@@ -285,18 +303,26 @@ static const char *leaf(const char *path)
 	return slash ? slash + 1 : path;
 }
 
+/* The keys a watched name depends on: its source and its listing. */
+static bool depends_on(const struct watched *n, size_t key)
+{
+	return (n->source && key_index(n->source) == (int)key) ||
+	       (n->listing && key_index(n->listing) == (int)key);
+}
+
 static enum name_state state_of(const struct watched *n, const struct found keys[POLLED])
 {
 	const struct found *src = n->source ? &keys[key_index(n->source)] : NULL;
 	const struct found *list = n->listing ? &keys[key_index(n->listing)] : NULL;
+	enum name_state state = NAME_PRESENT;
 
 	if ((src && !src->known) || (list && !list->known))
 		return NAME_UNKNOWN;
-	if (list && !names(list->value, leaf(n->path), n->is_dir))
-		return NAME_ABSENT;
-	if (src && !src->value)
-		return NAME_ABSENT;
-	return NAME_PRESENT;
+	if (list)
+		state = listed(list->value, leaf(n->path), n->is_dir);
+	if (state == NAME_PRESENT && src && !src->value)
+		state = NAME_ABSENT;
+	return state;
 }
 
 static bool changed_value(const struct watched *n, const struct found *before,
@@ -317,15 +343,18 @@ static unsigned int depth_of(const char *path)
 	return d;
 }
 
-/* Whether a name above `n` appeared in this round too (then its creation
- * brings `n` along, and nobody can watch inside it yet). */
-static bool parent_appeared(const struct watched *n, const enum name_state before[WATCHED],
-			    const enum name_state now[WATCHED])
+/* What happens to each watched name this round. */
+enum change { SAME, APPEARS, CHANGES, GOES };
+
+/* Whether a name above watched[i] appears this round too (its creation
+ * brings the name along, and nobody can watch inside it yet). */
+static bool parent_appears(size_t i, const enum change change[WATCHED])
 {
-	for (size_t i = 0; i < WATCHED; i++) {
-		size_t len = strlen(watched[i].path);
-		if (&watched[i] != n && strncmp(n->path, watched[i].path, len) == 0 &&
-		    n->path[len] == '/' && before[i] == NAME_ABSENT && now[i] == NAME_PRESENT)
+	for (size_t j = 0; j < WATCHED; j++) {
+		size_t len = strlen(watched[j].path);
+		if (j != i && change[j] == APPEARS &&
+		    strncmp(watched[i].path, watched[j].path, len) == 0 &&
+		    watched[i].path[len] == '/')
 			return true;
 	}
 	return false;
@@ -346,34 +375,68 @@ static void wake(struct watch *w, const struct watched *n, enum kernel_event eve
 	}
 }
 
-/* A changed file's old inode: dropped, so that a watcher of it sees it go
- * (IN_DELETE_SELF) and can watch the name's new one. */
-static void drop_old_inode(struct watch *w, const struct watched *n)
-{
-	struct node *old;
+/* A changed file's inode as the kernel knows it now, to drop once the new
+ * value is kept. */
+struct old_inode {
+	uint64_t parent, ino;
+	char name[TREE_NAME_MAX + 1];
+};
 
-	if (n->is_dir || !w->can_wake)
-		return;
-	old = node_find_path(w->resolver->nodes, n->path);
-	if (!old)
-		return;
-	if (old->nlookup > 0)
-		kernel_drop_inode(w->kernel, old->parent->ino, old->ino, old->name);
-	node_put(w->resolver->nodes, old);
+static bool find_old_inode(struct watch *w, const struct watched *n, struct old_inode *old)
+{
+	struct node *node = node_find_path(w->resolver->nodes, n->path);
+
+	if (!node)
+		return false;
+	old->parent = node->parent->ino;
+	old->ino = node->ino;
+	snprintf(old->name, sizeof(old->name), "%s", node->name);
+	node_put(w->resolver->nodes, node);
+	return true;
 }
 
-static void round_of_events(struct watch *w, const struct found now[POLLED])
+/* Keep the stable keys' new values, and make every name whose value or
+ * presence changed lead to a new node (or nothing). */
+static void keep(struct watch *w, const struct found now[POLLED], const bool stable[POLLED],
+		 const enum change change[WATCHED])
 {
-	enum name_state before[WATCHED], after[WATCHED];
-	size_t order[WATCHED];
+	struct kernel_batch batch = {0};
+	bool changed = false;
 
+	for (size_t k = 0; k < POLLED; k++)
+		if (stable[k])
+			changed |= cache_put(w->resolver->cache, polled[k], now[k].value);
+	if (!changed)
+		return;
+	node_unbind_stale(w->resolver->nodes, kernel_note_name, &batch);
+	/* A name can go with its value unchanged (its listing dropped it),
+	 * and a directory has no value to go stale. */
 	for (size_t i = 0; i < WATCHED; i++) {
-		before[i] = state_of(&watched[i], w->last);
-		after[i] = state_of(&watched[i], now);
-		order[i] = i;
+		struct node *n;
+		if (change[i] != GOES || !(n = node_find_path(w->resolver->nodes, watched[i].path)))
+			continue;
+		node_unbind(w->resolver->nodes, n, kernel_note_name, &batch);
+		node_put(w->resolver->nodes, n);
 	}
-	/* Deepest first. */
-	for (size_t i = 1; i < WATCHED; i++)
+	kernel_names_changed(w->kernel, &batch);
+}
+
+/*
+ * The round's order (see the top of this file): names that go, leaves
+ * first, while the kernel still finds them; names that change, touched on
+ * the inode their watchers hold; the new values kept; the changed files'
+ * old inodes dropped; names that appear, created while the poller's own
+ * lookups of them find nothing (watch_hides), parents first.
+ */
+static void round_of_events(struct watch *w, const struct found now[POLLED],
+			    const bool stable[POLLED], const enum change change[WATCHED])
+{
+	struct old_inode olds[WATCHED];
+	size_t order[WATCHED], nolds = 0;
+
+	for (size_t i = 0; i < WATCHED; i++)
+		order[i] = i;
+	for (size_t i = 1; i < WATCHED; i++) /* deepest first */
 		for (size_t j = i; j > 0 && depth_of(watched[order[j]].path) >
 						 depth_of(watched[order[j - 1]].path);
 		     j--) {
@@ -382,42 +445,55 @@ static void round_of_events(struct watch *w, const struct found now[POLLED])
 			order[j - 1] = t;
 		}
 
+	for (size_t k = 0; k < WATCHED; k++)
+		if (change[order[k]] == GOES)
+			wake(w, &watched[order[k]], KERNEL_GONE);
 	for (size_t k = 0; k < WATCHED; k++) {
-		size_t i = order[k];
-		if (before[i] == NAME_PRESENT && after[i] == NAME_ABSENT) {
-			wake(w, &watched[i], KERNEL_GONE);
-			if (watched[i].reported)
-				log_info("watch: %s disappeared", watched[i].path);
-		}
+		const struct watched *n = &watched[order[k]];
+		if (change[order[k]] != CHANGES)
+			continue;
+		if (!n->is_dir && w->can_wake && find_old_inode(w, n, &olds[nolds]))
+			nolds++;
+		wake(w, n, KERNEL_CHANGED);
 	}
-	for (size_t k = 0; k < WATCHED; k++) {
-		size_t i = order[k];
-		if (before[i] == NAME_PRESENT && after[i] == NAME_PRESENT &&
-		    changed_value(&watched[i], w->last, now)) {
-			wake(w, &watched[i], KERNEL_CHANGED);
-			drop_old_inode(w, &watched[i]);
-			if (watched[i].reported)
-				log_info("watch: %s changed", watched[i].path);
-		}
-	}
+	keep(w, now, stable, change);
+	for (size_t k = 0; k < nolds; k++)
+		kernel_drop_inode(w->kernel, olds[k].parent, olds[k].ino, olds[k].name);
+
+	pthread_mutex_lock(&w->lock);
+	for (size_t i = 0; i < WATCHED; i++)
+		w->hidden[i] = change[i] == APPEARS;
+	pthread_mutex_unlock(&w->lock);
 	for (size_t k = WATCHED; k-- > 0;) {
 		size_t i = order[k];
-		if (before[i] == NAME_ABSENT && after[i] == NAME_PRESENT &&
-		    !parent_appeared(&watched[i], before, after)) {
+		if (change[i] == APPEARS && !parent_appears(i, change))
 			wake(w, &watched[i], KERNEL_APPEARED);
-			if (watched[i].reported)
-				log_info("watch: %s appeared", watched[i].path);
-		} else if (before[i] == NAME_ABSENT && after[i] == NAME_PRESENT &&
-			   watched[i].reported) {
-			log_info("watch: %s appeared", watched[i].path);
-		}
 	}
+	pthread_mutex_lock(&w->lock);
+	memset(w->hidden, 0, sizeof(w->hidden));
+	pthread_mutex_unlock(&w->lock);
+
+	static const char *const said[] = {[APPEARS] = "appeared", [CHANGES] = "changed",
+					   [GOES] = "disappeared"};
+	for (size_t i = 0; i < WATCHED; i++)
+		if (watched[i].reported && change[i] != SAME)
+			log_info("watch: %s %s", watched[i].path, said[change[i]]);
+}
+
+static bool keys_stable(size_t i, const bool stable[POLLED])
+{
+	for (size_t k = 0; k < POLLED; k++)
+		if (depends_on(&watched[i], k) && !stable[k])
+			return false;
+	return true;
 }
 
 static void poll_once(struct watch *w)
 {
 	struct found now[POLLED];
-	bool first = true;
+	enum name_state before[WATCHED], after[WATCHED];
+	enum change change[WATCHED];
+	bool stable[POLLED], first = true, again;
 	char why[512];
 
 	if (!fetch_all(w, now, why, sizeof(why))) {
@@ -431,29 +507,55 @@ static void poll_once(struct watch *w)
 		w->failing = false;
 	}
 
-	for (size_t i = 0; i < POLLED; i++)
-		first &= !w->last[i].known;
-	pthread_mutex_lock(&w->lock);
-	for (size_t i = 0; i < POLLED; i++) {
-		found_clear(&w->pending[i]);
-		w->pending[i] = now[i];
-		if (now[i].value)
-			blob_ref(now[i].value);
+	/* A key is kept only when every name that depends on it can be told
+	 * this round: a name with one unknown key waits, with all its keys,
+	 * so that its next round still sees what changed. */
+	for (size_t k = 0; k < POLLED; k++) {
+		stable[k] = now[k].known;
+		first &= !w->last[k].known;
 	}
-	w->pending_kept = false;
-	pthread_mutex_unlock(&w->lock);
+	for (size_t i = 0; i < WATCHED; i++) {
+		before[i] = state_of(&watched[i], w->last);
+		after[i] = state_of(&watched[i], now);
+	}
+	do {
+		again = false;
+		for (size_t i = 0; i < WATCHED; i++) {
+			if (after[i] != NAME_UNKNOWN && keys_stable(i, stable))
+				continue;
+			for (size_t k = 0; k < POLLED; k++) {
+				if (depends_on(&watched[i], k) && stable[k]) {
+					stable[k] = false;
+					again = true;
+				}
+			}
+		}
+	} while (again);
 
+	for (size_t i = 0; i < WATCHED; i++) {
+		change[i] = SAME;
+		if (first || before[i] == NAME_UNKNOWN || after[i] == NAME_UNKNOWN ||
+		    !keys_stable(i, stable))
+			continue;
+		if (before[i] == NAME_PRESENT && after[i] == NAME_ABSENT)
+			change[i] = GOES;
+		else if (before[i] == NAME_ABSENT && after[i] == NAME_PRESENT)
+			change[i] = APPEARS;
+		else if (after[i] == NAME_PRESENT && changed_value(&watched[i], w->last, now))
+			change[i] = CHANGES;
+	}
 	/* The first round only sets the scene: nothing changed before it. */
-	if (!first)
-		round_of_events(w, now);
-	watch_publish(w);
+	if (first)
+		keep(w, now, stable, change);
+	else
+		round_of_events(w, now, stable, change);
 
-	for (size_t i = 0; i < POLLED; i++) {
-		if (now[i].known) {
-			found_clear(&w->last[i]);
-			w->last[i] = now[i];
+	for (size_t k = 0; k < POLLED; k++) {
+		if (stable[k]) {
+			found_clear(&w->last[k]);
+			w->last[k] = now[k];
 		} else {
-			found_clear(&now[i]);
+			found_clear(&now[k]);
 		}
 	}
 }
@@ -466,7 +568,7 @@ static void *poller(void *arg)
 
 	w->can_wake = err == 0;
 	if (err)
-		log_warning("watch: cannot open %s (%s): file watchers are not woken",
+		log_warning("watch: cannot find %s (%s): file watchers are not woken",
 			    w->mountpoint, strerror(-err));
 	clock_gettime(CLOCK_MONOTONIC, &next);
 	for (;;) {

@@ -17,6 +17,7 @@
 struct watch;
 struct resolver;
 struct kernel;
+struct node;
 
 /* Checks the table of watched names against what is polled: 0, or
  * -EINVAL with a log line (tests/unit/test_watch.c). */
@@ -39,9 +40,10 @@ void watch_stop(struct watch *w);
  * between polls rather than fetched at every open. NULL-safe (no watch). */
 bool watch_serves(const struct watch *w, const char *path);
 
-/* Keep what the poll under way found (the poller's MKNOD and MKDIR do it
- * before they answer, so that the name they create shows the new value).
- * Idempotent; takes the watch's lock. */
-void watch_publish(struct watch *w);
+/* Whether the poller is about to create `name` in `dir` (it appeared this
+ * round): its own lookup of the name must find nothing, or the kernel makes
+ * no IN_CREATE. For its requests only (kernel_is_events_request). Takes the
+ * watch's lock. NULL-safe. */
+bool watch_hides(struct watch *w, const struct node *dir, const char *name);
 
 #endif

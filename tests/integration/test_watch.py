@@ -477,3 +477,100 @@ def test_help_names_watch():
     from conftest import BINARY
     r = subprocess.run([str(BINARY), "--help"], capture_output=True, text=True, timeout=10)
     assert "-o watch=SECONDS" in r.stdout
+
+
+def test_two_names_appear_in_one_round(start_mock, mnt):
+    """The spot notice and the Auto Scaling state appear together: both
+    are IN_CREATE, not just the first one created."""
+    mock, m = watched_mount(start_mock, mnt)
+    ino = Inotify()
+    try:
+        ino.watch(m.path)
+        n = mock.count(ACTION)
+        while mock.count(ACTION) == n:  # just after a round: both land in the next
+            time.sleep(0.01)
+        mock.set(ASG, "Warmed:Pending")
+        mock.set(SPOT, spot("stop"))
+        assert ino.wait_for(WITHIN, m.path, "CREATE", "spot_instance_action"), ino.events
+        assert ino.wait_for(WITHIN, m.path, "CREATE", "autoscaling_target_lifecycle_state"), (
+            ino.events)
+    finally:
+        ino.close()
+
+
+@pytest.mark.parametrize("clear", ["sighup", "rm", "rm-r"])
+def test_clears_leave_the_watch_alone(start_mock, mnt, clear):
+    """rm, rm -r and SIGHUP clear caches, but not what the poller keeps:
+    the next poll is its freshness, and the kernel must still find the last
+    round's state for the next event to happen. So an appearance right
+    after a clear is still IN_CREATE, a disappearance IN_DELETE, and IMDS
+    sees no extra request for the watched values."""
+    mock, m = watched_mount(start_mock, mnt)
+    ino = Inotify()
+    try:
+        ino.watch(m.path)
+        n = mock.count(ACTION)
+        while mock.count(ACTION) == n:
+            time.sleep(0.01)
+        mock.reset_counts()
+        if clear == "sighup":
+            m.proc.send_signal(signal.SIGHUP)
+            wait_for_log(m, r"SIGHUP: done")
+        elif clear == "rm":
+            os.unlink(m.p("instance_action"))
+        else:
+            subprocess.run(["rm", "-rf", m.p("raw", "meta-data", "events")], check=True,
+                           timeout=10)
+        assert slurp(m.p("instance_action")) == b"none\n"
+        mock.set(ASG, "Warmed:Pending")
+        assert ino.wait_for(WITHIN, m.path, "CREATE", "autoscaling_target_lifecycle_state"), (
+            ino.events)
+        assert mock.count(ASG) <= 2, mock.counts()
+        mock.delete(ASG)
+        assert ino.wait_for(WITHIN, m.path, "DELETE", "autoscaling_target_lifecycle_state"), (
+            ino.events)
+    finally:
+        ino.close()
+
+
+def test_a_change_during_a_partial_failure_is_told_later(start_mock, mnt):
+    """The rebalance recommendation changes while its listing fails: no
+    event then (nothing known changed), and the change is told once the
+    listing answers again: a round that could not see a name's every key
+    keeps that name's last values."""
+    dirname, rel, src, (v1, v2), present, absent = FILES["rebalance"]
+    mock, m = watched_mount(start_mock, mnt, options=["retries=0"])
+    present(mock, v1)
+    time.sleep(WITHIN + 0.5)
+    m.expect_log(r"watch: polling IMDS fails|GET /latest/meta-data/events/recommendations/ failed")
+    ino = Inotify()
+    try:
+        ino.watch(m.p(dirname))
+        ino.watch(m.p(rel))
+        mock.fault(path="meta-data/events/recommendations/", status=500)
+        present(mock, v2)
+        assert ino.read(2 * WITHIN) == [], ino.events
+        mock.clear_faults()
+        assert ino.wait_for(WITHIN + 1, m.p(dirname), "ATTRIB", "rebalance"), ino.events
+        assert slurp(m.p(rel)) == shown(rel, v2)
+    finally:
+        ino.close()
+
+
+def test_names_go_without_a_watcher_event_on_a_read_only_mount(start_mock, mnt):
+    """On a read-only mount the poller cannot wake watchers (one warning),
+    but readers still see what the polls found: the spot notice goes, and
+    the directory is gone, also on kernels before 6.16 (IMDSFS_EPOCH=0)."""
+    mock, m = watched_mount(start_mock, mnt, options=["ro"], env={"IMDSFS_EPOCH": "0"})
+    m.expect_log(r"watch: the mount is read-only")
+    mock.set(SPOT, spot("stop"))
+    deadline = time.monotonic() + WITHIN + 0.5
+    while not os.path.exists(m.p("spot_instance_action")):
+        assert time.monotonic() < deadline, "the notice did not appear"
+        time.sleep(0.05)
+    assert slurp(m.p("spot_instance_action", "action")) == b"stop\n"
+    mock.delete(SPOT)
+    deadline = time.monotonic() + WITHIN + 0.5
+    while os.path.exists(m.p("spot_instance_action")):
+        assert time.monotonic() < deadline, "the notice is still there"
+        time.sleep(0.05)
