@@ -77,6 +77,13 @@ void blob_unref(struct blob *b)
 	free(b);
 }
 
+bool blob_equal(const struct blob *a, const struct blob *b)
+{
+	if (!a || !b)
+		return a == b;
+	return a->len == b->len && memcmp(a->data, b->data, a->len) == 0;
+}
+
 bool blob_is_stale(const struct blob *b)
 {
 	return atomic_load(&b->stale);
@@ -331,10 +338,7 @@ static bool holds(const struct entry *e, const struct blob *value)
 {
 	if (e->filling)
 		return false;
-	if (!value)
-		return e->err == -ENOENT;
-	return !e->err && e->value->len == value->len &&
-	       memcmp(e->value->data, value->data, value->len) == 0;
+	return value ? !e->err && blob_equal(e->value, value) : e->err == -ENOENT;
 }
 
 bool cache_put(struct cache *c, const char *key, struct blob *value)

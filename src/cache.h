@@ -67,6 +67,9 @@ struct cache;
 struct cache *cache_create(void);
 void cache_destroy(struct cache *cache);
 
+/* Whether two blobs hold the same bytes (NULL equals only NULL). */
+bool blob_equal(const struct blob *a, const struct blob *b);
+
 /* Whether the cache has dropped `blob` (see struct blob). */
 bool blob_is_stale(const struct blob *blob);
 

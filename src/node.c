@@ -330,8 +330,7 @@ static bool shows_at_least(const struct node *n, const struct blob *value)
 		return true;
 	if (!n->value || blob_is_stale(n->value))
 		return false;
-	return value->seq < n->value->seq ||
-	       (n->value->len == value->len && memcmp(n->value->data, value->data, value->len) == 0);
+	return value->seq < n->value->seq || blob_equal(n->value, value);
 }
 
 int node_bind(struct node_table *t, struct node *parent, const char *name,

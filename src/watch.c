@@ -271,13 +271,6 @@ static bool fetch_all(struct watch *w, struct found now[POLLED], char *why, size
 	return all;
 }
 
-static bool same_bytes(const struct blob *a, const struct blob *b)
-{
-	if (!a || !b)
-		return a == b;
-	return a->len == b->len && memcmp(a->data, b->data, a->len) == 0;
-}
-
 /* Whether the listing `body` names `name` (a directory if `is_dir`):
  * NAME_PRESENT or NAME_ABSENT, or NAME_UNKNOWN when it cannot be read. */
 static enum name_state listed(const struct blob *body, const char *name, bool is_dir)
@@ -331,7 +324,7 @@ static bool changed_value(const struct watched *n, const struct found *before,
 	if (!n->source)
 		return false;
 	int i = key_index(n->source);
-	return !same_bytes(before[i].value, now[i].value);
+	return !blob_equal(before[i].value, now[i].value);
 }
 
 static unsigned int depth_of(const char *path)
@@ -360,7 +353,7 @@ static bool parent_appears(size_t i, const enum change change[WATCHED])
 	return false;
 }
 
-static void wake(struct watch *w, const struct watched *n, enum kernel_event event)
+static void tell_watchers(struct watch *w, const struct watched *n, enum kernel_event event)
 {
 	int err;
 
@@ -447,14 +440,14 @@ static void round_of_events(struct watch *w, const struct found now[POLLED],
 
 	for (size_t k = 0; k < WATCHED; k++)
 		if (change[order[k]] == GOES)
-			wake(w, &watched[order[k]], KERNEL_GONE);
+			tell_watchers(w, &watched[order[k]], KERNEL_GONE);
 	for (size_t k = 0; k < WATCHED; k++) {
 		const struct watched *n = &watched[order[k]];
 		if (change[order[k]] != CHANGES)
 			continue;
 		if (!n->is_dir && w->can_wake && find_old_inode(w, n, &olds[nolds]))
 			nolds++;
-		wake(w, n, KERNEL_CHANGED);
+		tell_watchers(w, n, KERNEL_CHANGED);
 	}
 	keep(w, now, stable, change);
 	for (size_t k = 0; k < nolds; k++)
@@ -467,7 +460,7 @@ static void round_of_events(struct watch *w, const struct found now[POLLED],
 	for (size_t k = WATCHED; k-- > 0;) {
 		size_t i = order[k];
 		if (change[i] == APPEARS && !parent_appears(i, change))
-			wake(w, &watched[i], KERNEL_APPEARED);
+			tell_watchers(w, &watched[i], KERNEL_APPEARED);
 	}
 	pthread_mutex_lock(&w->lock);
 	memset(w->hidden, 0, sizeof(w->hidden));

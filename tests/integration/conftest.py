@@ -330,32 +330,46 @@ def mount_fs(request, start_mock):
         pytest.fail("\n".join(problems))
 
 
+class Watchdog:
+    """After `limit` seconds, kill every process of `daemons` (objects with
+    a .proc) still running: that aborts their FUSE connections and
+    unblocks every reader, so a hung request fails its test, never the
+    run. Use as a context manager; .fired says whether it had to."""
+
+    def __init__(self, limit, daemons):
+        self.limit, self.daemons, self.fired = limit, daemons, False
+        self.timer = threading.Timer(limit, self._fire)
+        self.timer.daemon = True
+
+    def _fire(self):
+        self.fired = True
+        for d in self.daemons:
+            if d.proc.poll() is None:
+                d.proc.kill()
+
+    def __enter__(self):
+        self.timer.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.timer.cancel()
+
+
 @pytest.fixture
 def mnt(request, mount_fs):
-    """mount_fs with a watchdog: after the test module's WATCHDOG_S seconds
-    (default 60) its daemons are killed, which aborts the FUSE connection and
-    unblocks every reader, so a hung request fails the test, never the run."""
-    import threading
+    """mount_fs with a Watchdog of the test module's WATCHDOG_S seconds
+    (default 60)."""
     limit = getattr(request.module, "WATCHDOG_S", 60)
-    made, fired = [], []
+    made = []
 
     def do_mount(mock, **kw):
         m = mount_fs(mock, **kw)
         made.append(m)
         return m
 
-    def fire():
-        fired.append(True)
-        for m in made:
-            if m.proc.poll() is None:
-                m.proc.kill()
-
-    timer = threading.Timer(limit, fire)
-    timer.daemon = True
-    timer.start()
-    yield do_mount
-    timer.cancel()
-    if fired:
+    with Watchdog(limit, made) as dog:
+        yield do_mount
+    if dog.fired:
         pytest.fail("watchdog: the test ran over %ss; its imdsfs was killed" % limit)
 
 

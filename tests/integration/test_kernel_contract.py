@@ -37,7 +37,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BINARY, IN_CI
+from conftest import BINARY, IN_CI, Watchdog
 
 PROBE = Path(os.environ.get("IMDSFS_PROBE") or BINARY.parent / "tests" / "kernel" / "probe")
 
@@ -223,25 +223,16 @@ def probe(request):
         if IN_CI:
             pytest.fail(why)
         pytest.skip(why)
-    made, fired = [], []
+    made = []
 
     def start(*args):
         pr = Probe(args)
         made.append(pr)
         return pr
 
-    def fire():
-        fired.append(True)
-        for pr in made:
-            if pr.proc.poll() is None:
-                pr.proc.kill()
-
-    timer = threading.Timer(WATCHDOG_S, fire)
-    timer.daemon = True
-    timer.start()
-    yield start
-    timer.cancel()
-    problems = ["watchdog: the test ran over %ss; its probe was killed" % WATCHDOG_S] if fired else []
+    with Watchdog(WATCHDOG_S, made) as dog:
+        yield start
+    problems = ["watchdog: the test ran over %ss; its probe was killed" % WATCHDOG_S] if dog.fired else []
     for pr in made:
         pr.kill_children()
         try:

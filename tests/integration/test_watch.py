@@ -29,6 +29,7 @@ import pytest
 
 from conftest import IN_CI, REPO, read_fd
 from inotify import SYSTEMD_EXISTS, SYSTEMD_PARENT, Inotify
+from test_cache import slurp
 
 WATCHDOG_S = 90
 SECONDS = 1
@@ -152,11 +153,6 @@ def test_watched_file_appears_changes_and_goes(start_mock, mnt, case):
     out = m.output()
     for what in ("appeared", "changed", "disappeared"):
         assert "watch: %s %s" % (rel, what) in out, out[-2000:]
-
-
-def slurp(path):
-    with open(path, "rb") as fh:
-        return fh.read()
 
 
 def test_spot_interruption(start_mock, mnt):
